@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+// The vhost-user-scsi backend: a VMM connects over a Unix socket, the server maps the guest's
+// RAM, services the virtio-scsi rings on Dispatch queues and forwards SCSI commands to iSCSI LUNs.
+// Dependencies point one way only; see Docs/ARCHITECTURE.md.
+import PackageDescription
+
+let package = Package(
+    name: "vhost-user-scsi",
+    products: [
+        .executable(name: "vhost-user-scsi", targets: ["vhost-user-scsi"]),
+    ],
+    targets: [
+        // C: CMSG_* wrappers, eventfd, memfd and memory fences that Swift's Glibc module lacks.
+        .target(name: "CVhostShims"),
+        // The system libiscsi (Debian: libiscsi-dev); only ISCSIInitiator imports it.
+        .systemLibrary(name: "CLibISCSI", pkgConfig: "libiscsi", providers: [.apt(["libiscsi-dev"])]),
+
+        // Pure Swift layers: no Dispatch, no syscalls; unit-tested and fuzzed in memory.
+        .target(name: "ServerLog"),
+        .target(name: "SCSICore"),
+        .target(name: "VirtioCore", dependencies: ["CVhostShims"]),
+        .target(name: "VhostUserProtocol"),
+        .target(name: "VirtioSCSI", dependencies: ["SCSICore"]),
+
+        // I/O layers.
+        .target(name: "VhostUserBackend", dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog"]),
+        .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog"]),
+        .target(name: "VhostUserSCSI", dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog"]),
+        .executableTarget(name: "vhost-user-scsi", dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog"]),
+
+        // Test-only helpers shared by every test target.
+        .target(name: "VirtioTestSupport",
+                dependencies: ["VirtioCore", "VhostUserProtocol", "VhostUserBackend", "SCSICore", "CVhostShims"]),
+
+        .testTarget(name: "VirtioCoreTests", dependencies: ["VirtioCore", "VirtioTestSupport"]),
+        .testTarget(name: "VhostUserProtocolTests", dependencies: ["VhostUserProtocol"]),
+        .testTarget(name: "VirtioSCSITests", dependencies: ["VirtioSCSI", "SCSICore"]),
+        .testTarget(name: "VhostUserSCSITests",
+                    dependencies: ["VhostUserSCSI", "VhostUserBackend", "VirtioTestSupport", "SCSICore", "VirtioSCSI"]),
+        .testTarget(name: "ISCSIInitiatorTests", dependencies: ["ISCSIInitiator", "SCSICore"]),
+    ]
+)

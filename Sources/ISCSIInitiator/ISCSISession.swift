@@ -1,0 +1,181 @@
+import Dispatch
+import Glibc
+internal import CLibISCSI
+import SCSICore
+import ServerLog
+
+/// One iSCSI session (one libiscsi context, one TCP connection) to the target of a URL,
+/// implementing `SCSITargetSession`.
+///
+/// Confinement: the session lives on the serial `queue` given at init. Every method is called
+/// on that queue (the synchronous startup helpers may also be called from elsewhere before any
+/// I/O: they hop onto the queue), and every completion and task-management reply is delivered
+/// on it. It is `@unchecked Sendable` only so that its reference can be handed to that queue.
+///
+/// Tokens: a command's token is a slot index, `0..<maxOutstanding`. Each slot is preallocated,
+/// so submitting and completing a command allocates nothing on the Swift side. Submitting a
+/// token that is still outstanding, or one out of range, is a programmer error (precondition).
+///
+/// Events: a read source on libiscsi's socket, a write source armed only while libiscsi has
+/// queued output it could not write at once, and a 1 s timer that lets libiscsi run its
+/// timeouts and notice a lost connection. libiscsi reconnects by itself (and re-sends the
+/// commands that were in flight); the sources follow its socket when it changes.
+///
+/// Writing: `submit` queues PDUs; they are written when the current turn of the queue ends
+/// (the session schedules one flush per turn), or at once by `flush()`. A caller that submits
+/// a batch can call `flush()` after the batch to save the extra turn.
+public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
+    public let url: ISCSIURL
+    public let initiatorName: String
+    public let queue: DispatchQueue
+    public let maxOutstanding: Int
+    public let isid: ISCSIISID
+    /// Not retained: the owner of the session is usually its sink.
+    public weak var completionSink: SCSICompletionSink?
+
+    /// The libiscsi context; nil once closed.
+    var context: OpaquePointer?
+    /// `maxOutstanding` slots, indexed by token.
+    let slots: UnsafeMutablePointer<CommandSlot>
+    var outstandingCount = 0
+    var events: EventSources?
+    var timer: DispatchSourceTimer?
+    var flushScheduled = false
+    /// > 0 while libiscsi code runs and may call back into the session. `close()` there only
+    /// cancels; the context is destroyed when libiscsi has returned.
+    var libiscsiDepth = 0
+    /// Set by `close()`: no new work is accepted.
+    var closed = false
+    var finishClosePending = false
+    var tearingDown = false
+    /// Tasks completed towards the sink that libiscsi may still hold (cancelled while it was
+    /// reconnecting): freed when libiscsi calls them back or when the context is destroyed.
+    var orphanedTasks: [UnsafeMutablePointer<scsi_task>] = []
+    var pendingTaskManagement: [TaskManagementRequest] = []
+    /// The last `iscsi_service` error logged, so a dead target does not flood the log.
+    var lastServiceError: String?
+    let onQueueKey = DispatchSpecificKey<UInt8>()
+
+    /// Connects and logs in synchronously (blocking the calling thread, at most about
+    /// `loginTimeout` seconds plus TCP connect time), checking that `url.lun` answers.
+    ///
+    /// - Parameters:
+    ///   - initiatorName: this initiator's IQN; together with `isid` it names the I_T nexus.
+    ///   - queue: the serial queue the session is confined to.
+    ///   - maxOutstanding: number of tokens (slots), `1...65536`.
+    ///   - isid: defaults to `ISCSIISID.next()`, distinct for every session of the process.
+    /// - Throws: `ISCSIError` whose description names the URL and libiscsi's reason.
+    public init(url: ISCSIURL, initiatorName: String, queue: DispatchQueue,
+                maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
+                loginTimeout: Int = 15) throws(ISCSIError) {
+        precondition((1...65536).contains(maxOutstanding), "maxOutstanding must be 1...65536")
+        precondition(Self.iovecLayoutMatches, "struct scsi_iovec does not match struct iovec")
+        let isid = isid ?? ISCSIISID.next()
+        let context = try Self.connect(url: url, initiatorName: initiatorName, isid: isid,
+                                       loginTimeout: loginTimeout)
+        self.url = url
+        self.initiatorName = initiatorName
+        self.queue = queue
+        self.maxOutstanding = maxOutstanding
+        self.isid = isid
+        self.context = context
+        self.slots = UnsafeMutablePointer<CommandSlot>.allocate(capacity: maxOutstanding)
+        let owner = Unmanaged.passUnretained(self)
+        for token in 0..<maxOutstanding {
+            (slots + token).initialize(to: CommandSlot(owner: owner, token: token))
+        }
+        queue.setSpecific(key: onQueueKey, value: 1)
+        Log.info("iscsi: logged in to \(url) as \(initiatorName) isid \(isid)")
+        startEvents()
+    }
+
+    deinit {
+        close()
+        queue.setSpecific(key: onQueueKey, value: nil)
+        slots.deinitialize(count: maxOutstanding)
+        slots.deallocate()
+    }
+
+    public func isOutstanding(token: Int) -> Bool {
+        guard token >= 0 && token < maxOutstanding else { return false }
+        return slots[token].state != .idle
+    }
+
+    /// Completes every outstanding command with `.aborted`, then logs out (waiting at most
+    /// about 5 s for the target) and destroys the libiscsi context. Idempotent. Commands are
+    /// completed before `close` returns; task-management functions still waiting for the
+    /// target are answered `.failed`. Safe to call from a completion or a reply.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        stopEvents()
+        cancelOutstanding(outcome: .aborted) { _ in true }
+        // Inside a libiscsi callback the context cannot be destroyed yet: `withLibiscsi`
+        // finishes the close when libiscsi has returned.
+        if libiscsiDepth > 0 { finishClosePending = true } else { finishClose() }
+    }
+
+    /// Logs out and destroys the context. Runs once, outside any libiscsi call.
+    func finishClose() {
+        guard let ctx = context, !tearingDown else { return }
+        tearingDown = true
+        iscsi_set_noautoreconnect(ctx, 1)
+        if iscsi_is_logged_in(ctx) != 0 {
+            // Only PDUs created from now on get this timeout: the logout below.
+            iscsi_set_timeout(ctx, 5)
+            libiscsiDepth += 1
+            let rc = iscsi_logout_sync(ctx)
+            libiscsiDepth -= 1
+            if rc != 0 { Log.warning("iscsi: logout from \(url) failed: \(lastError(ctx))") }
+        }
+        // Destroying calls back every PDU still queued with SCSI_STATUS_CANCELLED.
+        libiscsiDepth += 1
+        iscsi_destroy_context(ctx)
+        libiscsiDepth -= 1
+        context = nil
+        // Anything libiscsi did not call back is completed here; its task is ours to free.
+        cancelOutstanding(outcome: .aborted) { _ in true }
+        for task in orphanedTasks { scsi_free_scsi_task(task) }
+        orphanedTasks.removeAll()
+        let unanswered = pendingTaskManagement
+        pendingTaskManagement.removeAll()
+        for request in unanswered where !request.answered {
+            request.answered = true
+            request.reply(.failed)
+        }
+        Log.info("iscsi: closed session to \(url)")
+    }
+
+    /// Runs libiscsi code that may call back into the session; finishes a `close()` made from
+    /// such a callback once the outermost libiscsi call has returned. Callers must re-check
+    /// `context` afterwards.
+    @inline(__always)
+    func withLibiscsi<T>(_ body: () -> T) -> T {
+        libiscsiDepth += 1
+        let result = body()
+        libiscsiDepth -= 1
+        if libiscsiDepth == 0 && finishClosePending {
+            finishClosePending = false
+            finishClose()
+        }
+        return result
+    }
+
+    /// Runs `body` on the session's queue, synchronously (for the startup helpers).
+    func onQueue<T>(_ body: () -> T) -> T {
+        if DispatchQueue.getSpecific(key: onQueueKey) != nil { return body() }
+        return queue.sync(execute: body)
+    }
+
+    func lastError(_ ctx: OpaquePointer) -> String {
+        guard let message = iscsi_get_error(ctx) else { return "unknown error" }
+        let text = String(cString: message)
+        return text.isEmpty ? "unknown error" : text
+    }
+}
+
+/// A value moved into a `@Sendable` closure that runs on the session's queue, where the value
+/// came from. Used for reply closures, which the protocol does not require to be Sendable.
+struct QueueConfined<Value>: @unchecked Sendable {
+    let value: Value
+}

@@ -1,0 +1,126 @@
+import Glibc
+
+/// Direction of a command's data phase, as seen from the initiator (the guest).
+public enum SCSIDataDirection: Sendable, Equatable {
+    case none
+    /// Data-out: the initiator sends data (WRITE).
+    case toDevice
+    /// Data-in: the device returns data (READ, INQUIRY).
+    case fromDevice
+}
+
+/// SAM task attribute (SAM-5 §8.9; virtio-scsi task_attr uses the same codes).
+public enum SCSITaskAttribute: UInt8, Sendable {
+    case simple = 0, ordered = 1, headOfQueue = 2, aca = 3
+}
+
+/// One SCSI command handed to a target session.
+///
+/// The buffers are borrowed: `cdb` only for the duration of `submit`, `buffers` (an iovec array
+/// pointing into guest memory) until the command completes. A session may rewrite the iovec
+/// entries while it transfers (libiscsi does), so each in-flight command needs its own array.
+public struct SCSICommand {
+    /// Target-local logical unit number (SAM flat addressing, 0...16383).
+    public var lun: UInt16
+    public var cdb: UnsafeRawBufferPointer
+    public var direction: SCSIDataDirection
+    public var buffers: UnsafeMutableBufferPointer<iovec>
+    /// Total length of `buffers` in bytes: the expected data transfer length.
+    public var transferLength: Int
+    public var taskAttribute: SCSITaskAttribute
+
+    public init(lun: UInt16, cdb: UnsafeRawBufferPointer, direction: SCSIDataDirection,
+                buffers: UnsafeMutableBufferPointer<iovec>, transferLength: Int,
+                taskAttribute: SCSITaskAttribute = .simple) {
+        self.lun = lun
+        self.cdb = cdb
+        self.direction = direction
+        self.buffers = buffers
+        self.transferLength = transferLength
+        self.taskAttribute = taskAttribute
+    }
+}
+
+/// How a command ended at the transport level. SCSI errors (CHECK CONDITION, BUSY...) are not
+/// transport errors: they arrive as `.completed` with the status and sense the target gave.
+public enum SCSITransportOutcome: Sendable, Equatable {
+    /// The target returned a SCSI status (good or not).
+    case completed
+    /// The command was aborted by a task management function or cancelled locally.
+    case aborted
+    /// The command could not be delivered or its outcome is unknown (connection lost, timeout).
+    case transportFailure
+    /// The logical unit or target was reset while the command was outstanding.
+    case reset
+}
+
+/// The outcome of one command. `sense` is borrowed: valid only inside the completion call.
+public struct SCSICompletion {
+    public var outcome: SCSITransportOutcome
+    public var status: SCSIStatus
+    public var sense: UnsafeRawBufferPointer
+    /// Data-in/data-out residual (underflow) in bytes, as the target reported it.
+    public var residual: Int
+
+    public init(outcome: SCSITransportOutcome, status: SCSIStatus = .good,
+                sense: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                residual: Int = 0) {
+        self.outcome = outcome
+        self.status = status
+        self.sense = sense
+        self.residual = residual
+    }
+}
+
+/// Receives completions from a `SCSITargetSession`, on the session's queue.
+public protocol SCSICompletionSink: AnyObject {
+    /// `token` is the value passed to `submit`.
+    func scsiCommandCompleted(token: Int, _ completion: SCSICompletion)
+}
+
+/// Task management functions (SAM-5 §7), as carried by virtio-scsi's control queue.
+public enum SCSITaskManagementFunction: Sendable, Equatable {
+    case abortTask(token: Int)
+    case abortTaskSet
+    case clearTaskSet
+    case clearACA
+    case logicalUnitReset
+    /// Also used for I_T nexus reset, which iSCSI has no separate function for.
+    case targetWarmReset
+    case queryTask(token: Int)
+    case queryTaskSet
+}
+
+/// SAM-5 §7.12 service responses of a task management function.
+public enum SCSITaskManagementResponse: Sendable, Equatable {
+    case functionComplete
+    case functionSucceeded
+    case functionRejected
+    case incorrectLUN
+    case failed
+}
+
+/// One connection to a SCSI target (an I_T nexus), confined to a single serial queue: every
+/// method is called on that queue and every completion is delivered on it.
+public protocol SCSITargetSession: AnyObject {
+    var completionSink: SCSICompletionSink? { get set }
+
+    /// Queues `command`. Returns false when it could not be queued (the session is gone);
+    /// the sink is then not called for `token`. Otherwise the sink is called exactly once.
+    func submit(_ command: SCSICommand, token: Int) -> Bool
+
+    /// Sends what `submit` and `taskManagement` queued. Callers submit a batch, then flush once.
+    func flush()
+
+    /// Carries out a task management function on `lun`. For `.abortTask`, `token` names a
+    /// command submitted on this session. Commands that the function aborts are completed
+    /// (outcome `.aborted`) before `reply` runs.
+    func taskManagement(_ function: SCSITaskManagementFunction, lun: UInt16,
+                        reply: @escaping (SCSITaskManagementResponse) -> Void)
+
+    /// Whether a command with `token` is outstanding on this session.
+    func isOutstanding(token: Int) -> Bool
+
+    /// Cancels every outstanding command (each completes with `.aborted`) and logs out.
+    func close()
+}

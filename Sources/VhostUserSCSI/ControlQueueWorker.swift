@@ -1,0 +1,213 @@
+import Dispatch
+import SCSICore
+import ServerLog
+import Synchronization
+import VhostUserBackend
+import VirtioCore
+import VirtioSCSI
+
+/// Serves the control queue (virtio v1.2 §5.6.6.2): task management functions are carried
+/// out on the request queues' SCSI sessions, asynchronous notification requests answered.
+/// Confined to `queue`. A TMF never waits on the ring: its answer is pushed when every
+/// session involved has answered, so a guest reset always completes.
+final class ControlQueueWorker: @unchecked Sendable {
+    // @unchecked: confined to `queue`.
+    let queue: DispatchQueue
+    let lunMap: LUNMap
+    let requestWorkers: [RequestQueueWorker]
+    private var vring: Vring?
+    private var outstanding = 0
+    private var drained: (@Sendable () -> Void)?
+
+    init(queue: DispatchQueue, lunMap: LUNMap, requestWorkers: [RequestQueueWorker]) {
+        self.queue = queue
+        self.lunMap = lunMap
+        self.requestWorkers = requestWorkers
+    }
+
+    func start(_ vring: Vring) {
+        self.vring = vring
+        drained = nil
+    }
+
+    func stop(drained: @escaping @Sendable () -> Void) {
+        if outstanding == 0 {
+            vring = nil
+            drained()
+        } else {
+            self.drained = drained
+        }
+    }
+
+    func kick() {
+        guard let vring, drained == nil else { return }
+        repeat {
+            while true {
+                let head: UInt16?
+                do { head = try vring.ring.popAvail() } catch {
+                    Log.error("control queue: \(error); the ring is ignored until it is restarted")
+                    self.vring = nil
+                    return
+                }
+                guard let head else { break }
+                handle(head, vring: vring)
+            }
+        } while vring.ring.enableKicks()
+        vring.publishUsedAndNotify()
+    }
+
+    private func handle(_ head: UInt16, vring: Vring) {
+        let chain = ChainSegmentBuffer()
+        do {
+            try DescriptorChainWalker.walk(queue: vring.ring, head: head, memory: vring.memory, into: chain)
+        } catch {
+            Log.error("control queue: request \(head) refused: \(error)")
+            vring.ring.addUsed(head: head, length: 0)
+            return
+        }
+        var request = [UInt8](repeating: 0, count: VirtioSCSITMFRequest.byteCount)
+        let readable = min(chain.readableBytes, request.count)
+        guard readable >= 4 else {
+            Log.error("control queue: request \(head) refused: no request type")
+            vring.ring.addUsed(head: head, length: 0)
+            return
+        }
+        _ = request.withUnsafeMutableBytes { chain.copyReadablePrefix(readable, to: $0.baseAddress!) }
+        let type = request.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+        switch VirtioSCSIControlType(rawValue: type) {
+        case .taskManagement:
+            guard readable >= VirtioSCSITMFRequest.byteCount, chain.writableBytes >= VirtioSCSITMFRequest.responseByteCount else {
+                Log.error("control queue: TMF request \(head) is too short")
+                vring.ring.addUsed(head: head, length: 0)
+                return
+            }
+            let tmf = request.withUnsafeBytes { VirtioSCSITMFRequest($0) }
+            outstanding += 1
+            // The chain's memory must stay mapped until the answer is written.
+            let memory = vring.memory
+            taskManagement(tmf) { [self] response in
+                _ = memory
+                outstanding -= 1
+                Log.info("control queue: TMF \(VirtioSCSITMFSubtype(rawValue: tmf.subtype).map { "\($0)" } ?? "\(tmf.subtype)") "
+                         + "on \(tmf.address?.description ?? "?") answered \(response)")
+                guard let vring = self.vring else { return }
+                [response.rawValue].withUnsafeBytes { _ = chain.writeWritable(at: 0, from: $0) }
+                vring.ring.addUsed(head: head, length: 1)
+                vring.publishUsedAndNotify()
+                if let drained, outstanding == 0 {
+                    self.drained = nil
+                    self.vring = nil
+                    drained()
+                }
+            }
+        case .asyncNotificationQuery, .asyncNotificationSubscribe:
+            guard readable >= VirtioSCSIANRequest.byteCount,
+                  chain.writableBytes >= VirtioSCSIANRequest.responseByteCount else {
+                Log.error("control queue: AN request \(head) is too short")
+                vring.ring.addUsed(head: head, length: 0)
+                return
+            }
+            // No asynchronous notification classes are supported: event_actual 0, S_OK.
+            let answer: [UInt8] = [0, 0, 0, 0, VirtioSCSIResponse.ok.rawValue]
+            answer.withUnsafeBytes { _ = chain.writeWritable(at: 0, from: $0) }
+            vring.ring.addUsed(head: head, length: UInt32(answer.count))
+        case nil:
+            Log.error("control queue: request \(head) has unknown type \(type)")
+            vring.ring.addUsed(head: head, length: 0)
+        }
+    }
+
+    /// Carries out one TMF and calls `done` on `queue` with the virtio response code.
+    private func taskManagement(_ tmf: VirtioSCSITMFRequest, done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
+        guard let address = tmf.address, lunMap.hasTarget(address.target) else {
+            done(.badTarget)
+            return
+        }
+        guard let subtype = VirtioSCSITMFSubtype(rawValue: tmf.subtype) else {
+            done(.functionRejected)
+            return
+        }
+        guard let backend = lunMap.backendIndex(for: address) else {
+            done(.incorrectLUN)
+            return
+        }
+        switch subtype {
+        case .queryTask:
+            collect(from: requestWorkers, { worker in worker.outstandingToken(id: tmf.id, address: address) != nil ? true : nil }) {
+                done($0.isEmpty ? .functionComplete : .functionSucceeded)
+            }
+        case .queryTaskSet:
+            collect(from: requestWorkers, { worker in worker.hasOutstanding(on: address) ? true : nil }) {
+                done($0.isEmpty ? .functionComplete : .functionSucceeded)
+            }
+        case .abortTask:
+            forEachSession({ worker in
+                worker.outstandingToken(id: tmf.id, address: address).map { SCSITaskManagementFunction.abortTask(token: $0) }
+            }, backend: backend, done: done)
+        case .abortTaskSet:
+            forEachSession({ _ in .abortTaskSet }, backend: backend, done: done)
+        case .clearTaskSet:
+            forEachSession({ _ in .clearTaskSet }, backend: backend, done: done)
+        case .clearACA:
+            forEachSession({ _ in .clearACA }, backend: backend, done: done)
+        case .logicalUnitReset:
+            forEachSession({ _ in .logicalUnitReset }, backend: backend, done: done)
+        case .itNexusReset:
+            // iSCSI has no I_T nexus reset of its own; abort every task this initiator has on the LU.
+            forEachSession({ _ in .abortTaskSet }, backend: backend, done: done)
+        }
+    }
+
+    /// Runs `function(worker)` on every request queue's session for `backend` (skipping
+    /// those where it is nil) and combines the answers: the worst one wins.
+    private func forEachSession(_ function: @escaping @Sendable (RequestQueueWorker) -> SCSITaskManagementFunction?,
+                                backend: Int, done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
+        let group = DispatchGroup()
+        let results = ResultBox()
+        for worker in requestWorkers {
+            group.enter()
+            worker.queue.async {
+                guard let tmf = function(worker) else {
+                    group.leave()
+                    return
+                }
+                worker.taskManagement(tmf, backend: backend) { response in
+                    if let response { results.append(response) }
+                    group.leave()
+                }
+            }
+        }
+        group.notify(queue: queue) {
+            done(Self.combine(results.values))
+        }
+    }
+
+    private func collect(from workers: [RequestQueueWorker], _ body: @escaping @Sendable (RequestQueueWorker) -> Bool?,
+                         done: @escaping @Sendable ([Bool]) -> Void) {
+        let group = DispatchGroup()
+        let results = ResultBox()
+        for worker in workers {
+            group.enter()
+            worker.queue.async {
+                if body(worker) != nil { results.append(.functionSucceeded) }
+                group.leave()
+            }
+        }
+        group.notify(queue: queue) { done(results.values.map { _ in true }) }
+    }
+
+    static func combine(_ responses: [SCSITaskManagementResponse]) -> VirtioSCSIResponse {
+        if responses.contains(.failed) { return .failure }
+        if responses.contains(.functionRejected) { return .functionRejected }
+        if responses.contains(.incorrectLUN) { return .incorrectLUN }
+        if responses.contains(.functionSucceeded) { return .functionSucceeded }
+        return .functionComplete
+    }
+}
+
+/// Collects answers from several queues.
+private final class ResultBox: Sendable {
+    private let storage = Mutex<[SCSITaskManagementResponse]>([])
+    func append(_ r: SCSITaskManagementResponse) { storage.withLock { $0.append(r) } }
+    var values: [SCSITaskManagementResponse] { storage.withLock { $0 } }
+}

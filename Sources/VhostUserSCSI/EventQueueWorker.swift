@@ -1,0 +1,62 @@
+import Dispatch
+import ServerLog
+import VhostUserBackend
+import VirtioCore
+import VirtioSCSI
+
+/// Serves the event queue (virtio v1.2 §5.6.6.3): the driver's buffers stay on the ring
+/// until there is an event to report. An event with no buffer to carry it is dropped and
+/// the next event delivered carries VIRTIO_SCSI_T_EVENTS_MISSED. Confined to `queue`.
+final class EventQueueWorker: @unchecked Sendable {
+    // @unchecked: confined to `queue`.
+    let queue: DispatchQueue
+    private var vring: Vring?
+    private(set) var eventsMissed = false
+
+    init(queue: DispatchQueue) { self.queue = queue }
+
+    func start(_ vring: Vring) { self.vring = vring }
+
+    func stop(drained: @escaping @Sendable () -> Void) {
+        vring = nil
+        drained()  // nothing is ever in flight on this queue
+    }
+
+    /// Buffers are kept, not consumed, on a kick.
+    func kick() {}
+
+    /// Reports `event` in the next buffer the driver provided.
+    func post(_ event: VirtioSCSIEvent) {
+        guard let vring else {
+            eventsMissed = true
+            return
+        }
+        let head: UInt16?
+        do { head = try vring.ring.popAvail() } catch {
+            Log.error("event queue: \(error)")
+            eventsMissed = true
+            return
+        }
+        guard let head else {
+            Log.warning("event queue: no buffer for event \(event.event); the guest will be told events were missed")
+            eventsMissed = true
+            return
+        }
+        let chain = ChainSegmentBuffer(capacity: 2)
+        do {
+            try DescriptorChainWalker.walk(queue: vring.ring, head: head, memory: vring.memory, into: chain)
+        } catch {
+            Log.error("event queue: buffer \(head) refused: \(error)")
+            vring.ring.addUsed(head: head, length: 0)
+            vring.publishUsedAndNotify()
+            eventsMissed = true
+            return
+        }
+        var delivered = event
+        if eventsMissed { delivered.event |= VirtioSCSIEvent.eventsMissed }
+        let written = delivered.encoded().withUnsafeBytes { chain.writeWritable(at: 0, from: $0) }
+        if written == VirtioSCSIEvent.byteCount { eventsMissed = false }
+        vring.ring.addUsed(head: head, length: UInt32(written))
+        vring.publishUsedAndNotify()
+    }
+}

@@ -1,0 +1,291 @@
+import Dispatch
+import SCSICore
+import ServerLog
+import VhostUserBackend
+import VirtioCore
+import VirtioSCSI
+
+/// Serves one virtio-scsi request queue: takes chains off the ring, turns them into SCSI
+/// commands for the logical unit they address and completes them onto the used ring.
+/// Confined to `queue`; the SCSI sessions it uses are confined to the same queue, so a
+/// completion is pushed without any hop or lock.
+final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
+    // @unchecked: confined to `queue`.
+    static let maxOutstanding = 1024
+
+    let queue: DispatchQueue
+    let lunMap: LUNMap
+    let sessionFactory: SCSISessionFactory
+    private var sessions: [SCSITargetSession?]
+    private var sessionRetryAfter: [DispatchTime]
+    private var vring: Vring?
+    private var slots: [RequestSlot] = []
+    private var freeSlots: [Int] = []
+    private var inFlight = 0
+    private var starved = false
+    private var drained: (@Sendable () -> Void)?
+
+    init(queue: DispatchQueue, lunMap: LUNMap, backendCount: Int, sessionFactory: @escaping SCSISessionFactory) {
+        self.queue = queue
+        self.lunMap = lunMap
+        self.sessionFactory = sessionFactory
+        sessions = Array(repeating: nil, count: backendCount)
+        sessionRetryAfter = Array(repeating: .now(), count: backendCount)
+    }
+
+    // MARK: - Ring lifecycle (called by the device on `queue`)
+
+    func start(_ vring: Vring) {
+        self.vring = vring
+        drained = nil
+        let wanted = min(Int(vring.ring.size), Self.maxOutstanding)
+        if slots.count < wanted {
+            for token in slots.count..<wanted { slots.append(RequestSlot(token: token)) }
+        }
+        freeSlots = Array((0..<wanted).reversed())
+        inFlight = 0
+        starved = false
+        for backend in sessions.indices where sessions[backend] == nil {
+            _ = session(for: backend)
+        }
+    }
+
+    func stop(drained: @escaping @Sendable () -> Void) {
+        if inFlight == 0 {
+            vring = nil
+            drained()
+        } else {
+            self.drained = drained
+        }
+    }
+
+    /// Logs out of every session (server shutdown).
+    func closeSessions() {
+        for case let session? in sessions { session.close() }
+        sessions = sessions.map { _ in nil }
+    }
+
+    // MARK: - Requests
+
+    func kick() {
+        guard let vring, drained == nil else { return }
+        var pushedNow = false
+        outer: while true {
+            while true {
+                guard let slotIndex = freeSlots.last else {
+                    starved = true
+                    break outer
+                }
+                let head: UInt16?
+                do {
+                    head = try vring.ring.popAvail()
+                } catch {
+                    Log.error("ring \(vring.index): \(error); the ring is ignored until it is restarted")
+                    self.vring = nil
+                    return
+                }
+                guard let head else { break }
+                freeSlots.removeLast()
+                if !begin(slots[slotIndex], head: head, vring: vring) {
+                    pushedNow = true
+                }
+            }
+            if !vring.ring.enableKicks() { break }
+        }
+        for case let session? in sessions { session.flush() }
+        if pushedNow { vring.publishUsedAndNotify() }
+    }
+
+    /// Starts the request at `head`. Returns false when it was answered at once (pushed to
+    /// the used ring, slot released), true when a SCSI command is now in flight.
+    private func begin(_ slot: RequestSlot, head: UInt16, vring: Vring) -> Bool {
+        slot.head = head
+        do {
+            try DescriptorChainWalker.walk(queue: vring.ring, head: head, memory: vring.memory, into: slot.chain)
+        } catch {
+            Log.error("ring \(vring.index): request \(head) refused: \(error)")
+            finish(slot, vring: vring, usedLength: 0)
+            return false
+        }
+        let chain = slot.chain
+        guard chain.copyReadablePrefix(VirtioSCSICommandHeader.byteCount, to: slot.header.baseAddress!),
+              chain.writableBytes >= VirtioSCSICommandResponse.byteCount else {
+            Log.error("ring \(vring.index): request \(head) refused: \(chain.readableBytes) readable and "
+                      + "\(chain.writableBytes) writable bytes are too few for virtio-scsi headers")
+            finish(slot, vring: vring, usedLength: 0)
+            return false
+        }
+        let header = VirtioSCSICommandHeader(UnsafeRawBufferPointer(slot.header))
+        slot.id = header.id
+        let dataOutLength = chain.readableBytes - VirtioSCSICommandHeader.byteCount
+        slot.dataInLength = chain.writableBytes - VirtioSCSICommandResponse.byteCount
+        guard let address = VirtioSCSIAddress(lunField: UnsafeRawBufferPointer(rebasing: slot.header[0..<8])),
+              lunMap.hasTarget(address.target) else {
+            respond(slot, vring: vring, response: .badTarget)
+            return false
+        }
+        slot.address = address
+        let cdb = slot.cdb
+        if cdb[0] == SCSIOpcode.reportLUNs {
+            respondLocally(slot, vring: vring, data: LocalResponses.reportLUNs(lunMap.luns(of: address.target)))
+            return false
+        }
+        guard let backend = lunMap.backendIndex(for: address) else {
+            respondForUnsupportedLUN(slot, vring: vring)
+            return false
+        }
+        guard dataOutLength == 0 || slot.dataInLength == 0 else {
+            // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which is not offered.
+            respond(slot, vring: vring, response: .failure)
+            return false
+        }
+        guard let session = session(for: backend) else {
+            respond(slot, vring: vring, response: .transportFailure)
+            return false
+        }
+        slot.backend = backend
+        slot.memory = vring.memory
+        slot.iovecs.reset()
+        let direction: SCSIDataDirection
+        if dataOutLength > 0 {
+            direction = .toDevice
+            chain.collect(writable: false, skipping: VirtioSCSICommandHeader.byteCount, into: slot.iovecs)
+        } else if slot.dataInLength > 0 {
+            direction = .fromDevice
+            chain.collect(writable: true, skipping: VirtioSCSICommandResponse.byteCount, into: slot.iovecs)
+        } else {
+            direction = .none
+        }
+        let cdbLength = min(CDB.length(opcode: cdb[0], additionalLength: cdb[7]) ?? 16, VirtioSCSIConfig.cdbSize)
+        let command = SCSICommand(lun: lunMap.backendLUN(backend), cdb: UnsafeRawBufferPointer(rebasing: cdb[0..<cdbLength]),
+                                  direction: direction, buffers: slot.iovecs.buffer,
+                                  transferLength: max(dataOutLength, slot.dataInLength),
+                                  taskAttribute: SCSITaskAttribute(rawValue: header.taskAttribute) ?? .simple)
+        inFlight += 1
+        guard session.submit(command, token: slot.token) else {
+            inFlight -= 1
+            slot.memory = nil
+            respond(slot, vring: vring, response: .transportFailure)
+            return false
+        }
+        return true
+    }
+
+    func scsiCommandCompleted(token: Int, _ completion: SCSICompletion) {
+        let slot = slots[token]
+        inFlight -= 1
+        slot.memory = nil
+        guard let vring else { return }  // ring was reported stopped after a drain timeout
+        let response: VirtioSCSIResponse
+        switch completion.outcome {
+        case .completed: response = .ok
+        case .aborted: response = .aborted
+        case .reset: response = .reset
+        case .transportFailure: response = .transportFailure
+        }
+        let residual = min(max(completion.residual, 0), max(slot.dataInLength, 0))
+        let transferred = response == .ok ? slot.dataInLength - residual : 0
+        respond(slot, vring: vring, response: response, status: completion.status.rawValue,
+                residual: UInt32(clamping: completion.residual), sense: completion.sense, dataIn: transferred)
+        vring.publishUsedAndNotify()
+        if let drained, inFlight == 0 {
+            self.drained = nil
+            self.vring = nil
+            drained()
+        } else if starved {
+            starved = false
+            queue.async { [self] in kick() }
+        }
+    }
+
+    // MARK: - Answers
+
+    private func respond(_ slot: RequestSlot, vring: Vring, response: VirtioSCSIResponse, status: UInt8 = 0,
+                         residual: UInt32 = 0, sense: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                         dataIn: Int = 0) {
+        withUnsafeTemporaryAllocation(byteCount: VirtioSCSICommandResponse.byteCount, alignment: 8) { header in
+            VirtioSCSICommandResponse.encode(response: response, status: status, residual: residual, sense: sense, into: header)
+            slot.chain.writeWritable(at: 0, from: UnsafeRawBufferPointer(header))
+        }
+        finish(slot, vring: vring, usedLength: UInt32(VirtioSCSICommandResponse.byteCount + dataIn))
+    }
+
+    private func respondLocally(_ slot: RequestSlot, vring: Vring, data: [UInt8], status: SCSIStatus = .good) {
+        let allocation = LocalResponses.allocationLength(cdb: slot.cdb)
+        let length = min(data.count, allocation, slot.dataInLength)
+        let written = data.withUnsafeBytes {
+            slot.chain.writeWritable(at: VirtioSCSICommandResponse.byteCount, from: UnsafeRawBufferPointer(rebasing: $0[0..<length]))
+        }
+        respond(slot, vring: vring, response: .ok, status: status.rawValue,
+                residual: UInt32(slot.dataInLength - written), dataIn: written)
+    }
+
+    /// A LUN that is not configured on an existing target (SPC-4 §6.6.2, SAM-5 §5.8.4).
+    private func respondForUnsupportedLUN(_ slot: RequestSlot, vring: Vring) {
+        let cdb = slot.cdb
+        switch cdb[0] {
+        case SCSIOpcode.inquiry:
+            respondLocally(slot, vring: vring, data: LocalResponses.inquiryForUnsupportedLUN(evpd: cdb[1] & 1 != 0, pageCode: cdb[2]))
+        case SCSIOpcode.requestSense:
+            respondLocally(slot, vring: vring, data: FixedSenseData.logicalUnitNotSupported.bytes)
+        default:
+            FixedSenseData.logicalUnitNotSupported.bytes.withUnsafeBytes { sense in
+                respond(slot, vring: vring, response: .ok, status: SCSIStatus.checkCondition.rawValue,
+                        residual: UInt32(slot.dataInLength), sense: sense)
+            }
+        }
+    }
+
+    @inline(__always)
+    private func finish(_ slot: RequestSlot, vring: Vring, usedLength: UInt32) {
+        vring.ring.addUsed(head: slot.head, length: usedLength)
+        slot.backend = -1
+        freeSlots.append(slot.token)
+    }
+
+    // MARK: - Sessions
+
+    private func session(for backend: Int) -> SCSITargetSession? {
+        if let session = sessions[backend] { return session }
+        guard DispatchTime.now() >= sessionRetryAfter[backend] else { return nil }
+        do {
+            let session = try sessionFactory(backend, queue, Self.maxOutstanding)
+            session.completionSink = self
+            sessions[backend] = session
+            return session
+        } catch {
+            Log.error("LUN \(backend + 1): \(error)")
+            sessionRetryAfter[backend] = .now() + .seconds(1)
+            return nil
+        }
+    }
+
+    // MARK: - Task management (called on `queue` by the control queue worker)
+
+    /// Token of the outstanding command with virtio request `id` on `address`, if any.
+    func outstandingToken(id: UInt64, address: VirtioSCSIAddress) -> Int? {
+        guard inFlight > 0 else { return nil }
+        for slot in slots where slot.backend >= 0 && slot.id == id && slot.address == address {
+            if sessions[slot.backend]?.isOutstanding(token: slot.token) == true { return slot.token }
+        }
+        return nil
+    }
+
+    func hasOutstanding(on address: VirtioSCSIAddress) -> Bool {
+        guard inFlight > 0 else { return false }
+        return slots.contains { $0.backend >= 0 && $0.address == address }
+    }
+
+    /// Runs `function` on this queue's session for `backend`; nil reply when there is none.
+    func taskManagement(_ function: SCSITaskManagementFunction, backend: Int,
+                        reply: @escaping (SCSITaskManagementResponse?) -> Void) {
+        guard let session = sessions[backend] else {
+            reply(nil)
+            return
+        }
+        session.taskManagement(function, lun: lunMap.backendLUN(backend)) { response in
+            reply(response)
+        }
+        session.flush()
+    }
+}

@@ -1,0 +1,76 @@
+import Dispatch
+import ServerLog
+import VhostUserBackend
+import VirtioCore
+import VirtioSCSI
+
+/// The virtio-scsi device behind the vhost-user backend. Virtqueue 0 is the control queue,
+/// 1 the event queue and 2... the request queues (virtio v1.2 §5.6.2), each served on its
+/// own serial queue that lives as long as the device.
+public final class VirtioSCSIDevice: VhostUserDevice {
+    public let requestQueueCount: Int
+    let lunMap: LUNMap
+    private let queues: [DispatchQueue]
+    private let control: ControlQueueWorker
+    private let events: EventQueueWorker
+    private let requests: [RequestQueueWorker]
+
+    public init(lunMap: LUNMap, requestQueues: Int, sessionFactory: @escaping SCSISessionFactory) {
+        precondition(requestQueues >= 1)
+        self.lunMap = lunMap
+        requestQueueCount = requestQueues
+        let queues = (0..<(requestQueues + 2)).map { index in
+            let name = index == 0 ? "control" : index == 1 ? "event" : "request\(index - 2)"
+            return DispatchQueue(label: "virtio-scsi.\(name)", qos: .userInitiated)
+        }
+        let requests = (0..<requestQueues).map { i in
+            RequestQueueWorker(queue: queues[i + 2], lunMap: lunMap, backendCount: lunMap.count, sessionFactory: sessionFactory)
+        }
+        self.queues = queues
+        self.requests = requests
+        control = ControlQueueWorker(queue: queues[0], lunMap: lunMap, requestWorkers: requests)
+        events = EventQueueWorker(queue: queues[1])
+    }
+
+    /// The device offers no device-specific features: it emits no hotplug or parameter
+    /// change events, and bidirectional commands (INOUT) and T10 PI are not supported.
+    public var virtioFeatures: VirtioFeatures { [] }
+
+    public var queueCount: Int { requestQueueCount + 2 }
+
+    public func dispatchQueue(forVring index: Int) -> DispatchQueue { queues[index] }
+
+    public func start(_ vring: Vring) {
+        switch vring.index {
+        case 0: control.start(vring)
+        case 1: events.start(vring)
+        default: requests[vring.index - 2].start(vring)
+        }
+    }
+
+    public func kick(_ vring: Vring) {
+        switch vring.index {
+        case 0: control.kick()
+        case 1: events.kick()
+        default: requests[vring.index - 2].kick()
+        }
+    }
+
+    public func stop(_ vring: Vring, drained: @escaping @Sendable () -> Void) {
+        switch vring.index {
+        case 0: control.stop(drained: drained)
+        case 1: events.stop(drained: drained)
+        default: requests[vring.index - 2].stop(drained: drained)
+        }
+    }
+
+    /// Reports an event to the guest on the event queue.
+    public func post(_ event: VirtioSCSIEvent) {
+        events.queue.async { [events] in events.post(event) }
+    }
+
+    /// Logs out of every iSCSI session (after the frontend connection is closed).
+    public func closeSessions() {
+        for worker in requests { worker.queue.sync { worker.closeSessions() } }
+    }
+}

@@ -1,0 +1,170 @@
+import Foundation
+import XCTest
+
+/// A real tgtd on 127.0.0.1, started by the tests: one target with a 64 MiB file-backed disk
+/// as LUN 1 (LUN 0 is tgt's controller). Ports are chosen per process so concurrent test runs
+/// and other tgtd instances do not collide.
+final class TargetDaemon: @unchecked Sendable {
+    static let diskBytes = 64 * 1024 * 1024
+    static let blockSize = 512
+
+    let portalPort: Int
+    let controlPort: Int
+    let iqn: String
+    let directory: URL
+    private let process: Process
+
+    var url: String { "iscsi://127.0.0.1:\(portalPort)/\(iqn)/1" }
+
+    /// Where tgtd is, or nil. Looks in PATH and in the sbin folders a non-root PATH may lack.
+    static func findExecutable(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let folders = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+        for folder in folders {
+            let candidate = folder + "/" + name
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// Skips the calling test when tgtd is missing, or fails it when CI=true.
+    static func requireTools() throws -> (tgtd: String, tgtadm: String) {
+        if let tgtd = findExecutable("tgtd"), let tgtadm = findExecutable("tgtadm") {
+            return (tgtd, tgtadm)
+        }
+        let why = "tgtd/tgtadm not found (Debian package 'tgt'); the iSCSI integration tests need a real target"
+        if ProcessInfo.processInfo.environment["CI"] == "true" {
+            XCTFail(why)
+            throw XCTSkip("failed: " + why)
+        }
+        throw XCTSkip(why)
+    }
+
+    init() throws {
+        let tools = try Self.requireTools()
+        let pid = Int(getpid())
+        controlPort = 20000 + pid % 10000
+        portalPort = try Self.freePort()
+        iqn = "iqn.2024-01.test.iscsiinitiator:pid\(pid)"
+        directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("iscsi-initiator-tests-\(pid)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let disk = directory.appendingPathComponent("disk.img")
+        FileManager.default.createFile(atPath: disk.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: disk)
+        try handle.truncate(atOffset: UInt64(Self.diskBytes))
+        try handle.close()
+
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: tools.tgtd)
+        process.arguments = ["-f", "--iscsi", "portal=127.0.0.1:\(portalPort)", "-C", "\(controlPort)"]
+        let log = directory.appendingPathComponent("tgtd.log")
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        let logHandle = try FileHandle(forWritingTo: log)
+        process.standardOutput = logHandle
+        process.standardError = logHandle
+        try process.run()
+
+        tgtadmPath = tools.tgtadm
+        // tgtadm fails until tgtd listens on its control socket.
+        try retry("tgtd control socket") {
+            try tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn])
+        }
+        try tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", disk.path])
+        try tgtadm(["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"])
+        try retry("portal 127.0.0.1:\(portalPort)") {
+            guard Self.canConnect(port: portalPort) else { throw TestError("portal not listening") }
+        }
+    }
+
+    private var tgtadmPath: String = ""
+
+    func stop() {
+        _ = try? tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", "1"])
+        _ = try? tgtadm(["--mode", "sys", "--op", "delete"])
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(50_000) }
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// Runs tgtadm against this daemon; throws with its output when it fails.
+    @discardableResult
+    func tgtadm(_ arguments: [String]) throws -> String {
+        let tool = Process()
+        tool.executableURL = URL(fileURLWithPath: tgtadmPath)
+        tool.arguments = ["-C", "\(controlPort)"] + arguments
+        let pipe = Pipe()
+        tool.standardOutput = pipe
+        tool.standardError = pipe
+        try tool.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        tool.waitUntilExit()
+        guard tool.terminationStatus == 0 else {
+            throw TestError("tgtadm \(arguments.joined(separator: " ")): \(output)")
+        }
+        return output
+    }
+
+    private func retry(_ what: String, _ body: () throws -> Void) throws {
+        let deadline = Date().addingTimeInterval(10)
+        while true {
+            do {
+                return try body()
+            } catch {
+                if Date() > deadline { throw TestError("timed out waiting for \(what): \(error)") }
+                usleep(50_000)
+            }
+        }
+    }
+
+    /// A TCP port on 127.0.0.1 that nothing listens on right now.
+    static func freePort() throws -> Int {
+        for _ in 0..<50 {
+            let port = Int.random(in: 20000...30000)
+            if !canConnect(port: port) && canBind(port: port) { return port }
+        }
+        throw TestError("no free port found")
+    }
+
+    static func canConnect(port: Int) -> Bool {
+        withSocket { fd, address in
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                }
+            }
+        }(port)
+    }
+
+    static func canBind(port: Int) -> Bool {
+        withSocket { fd, address in
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                }
+            }
+        }(port)
+    }
+
+    private static func withSocket(_ body: @escaping (Int32, inout sockaddr_in) -> Bool) -> (Int) -> Bool {
+        { port in
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            return body(fd, &address)
+        }
+    }
+}
+
+struct TestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
