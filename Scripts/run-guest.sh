@@ -84,6 +84,23 @@ while (($#)); do
     esac
 done
 
+# Packages a fresh Debian 12 lacks (only the ones this run needs; quick when present).
+apt_install() {
+    ((EUID == 0)) || die "missing Debian package(s) $*; install them as root"
+    say "installing $*"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 || {
+        apt-get update >/dev/null
+        apt-get install -y --no-install-recommends "$@" >/dev/null
+    }
+}
+pkgs=()
+[[ $QEMU == qemu-system-x86_64 ]] && ! command -v qemu-system-x86_64 >/dev/null && pkgs+=(qemu-system-x86)
+((${#ISCSI[@]})) && [[ $QEMU == qemu-system-x86_64 ]] &&
+    ! ls /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so >/dev/null 2>&1 && pkgs+=(qemu-block-extra)
+((${#EXPECT[@]})) && ! command -v iscsi-inq >/dev/null && pkgs+=(libiscsi-bin)
+((${#pkgs[@]} == 0)) || apt_install "${pkgs[@]}"
+
 [[ $TIMEOUT =~ ^[0-9]+$ && $NUMQ =~ ^[0-9]+$ && $SMP =~ ^[0-9]+$ && $MEM =~ ^[0-9]+$ ]] ||
     die "--timeout, --num-queues, --smp and --memory take numbers"
 ((${#VHOST[@]} + ${#ISCSI[@]} > 0)) || die "give at least one --vhost-user SOCK or --builtin-iscsi URL"
@@ -106,7 +123,7 @@ if [[ $ACCEL == kvm ]]; then
     ACCEL_ARGS=(-accel kvm -cpu host)
 else
     # la57=off: QEMU 7.2's TCG with 5-level paging breaks migration; keep guests alike.
-    ACCEL_ARGS=(-accel tcg -cpu max,la57=off)
+    ACCEL_ARGS=(-accel tcg -cpu "max,la57=off")
 fi
 
 # ---- command line ---------------------------------------------------------------------------
@@ -125,7 +142,7 @@ else
     ARGS+=(-serial "file:$LOG")
 fi
 if ((${#VHOST[@]})); then
-    ARGS+=(-object "memory-backend-memfd,id=mem,size=${MEM}M,share=on" -numa node,memdev=mem)
+    ARGS+=(-object "memory-backend-memfd,id=mem,size=${MEM}M,share=on" -numa "node,memdev=mem")
     for i in "${!VHOST[@]}"; do
         ARGS+=(-chardev "socket,id=vus$i,path=${VHOST[$i]}"
             -device "vhost-user-scsi-pci,id=vscsi$i,chardev=vus$i,num_queues=$NUMQ")
@@ -184,6 +201,7 @@ stream() {
 
 status=running
 done_at=""
+warned=0
 while :; do
     stream
     if ! kill -0 "$QPID" 2>/dev/null; then
@@ -191,12 +209,18 @@ while :; do
         break
     fi
     now=$(date +%s)
-    if [[ -z $done_at ]] && grep -aq '^VUS-DONE' "$LOG"; then done_at=$now; fi
+    if [[ -z $done_at ]] && grep -aq 'VUS-DONE' "$LOG"; then done_at=$now; fi
     # The guest powers off after VUS-DONE; give QEMU some seconds to exit on its own.
     if [[ -n $done_at ]] && ((now - done_at > 20)); then
         say "the guest printed VUS-DONE but QEMU did not exit; stopping QEMU (pid $QPID)"
         status=killed-after-done
         break
+    fi
+    # QEMU opens vhost-user sockets and waits for the backend's replies before the machine
+    # starts: no console output at all means it is stuck there (or the firmware is).
+    if ((!warned)) && [[ ! -s $LOG ]] && ((now - ${T0%.*} > 60)); then
+        say "warning: no console output after 60 s; QEMU may be stuck in the vhost-user handshake (is the backend answering?)"
+        warned=1
     fi
     if awk -v a="$T0" -v b="$(date +%s.%N)" -v t="$TIMEOUT" 'BEGIN { exit !(b - a > t) }'; then
         say "timeout after ${TIMEOUT}s; stopping QEMU (pid $QPID)"
@@ -223,7 +247,8 @@ if [[ -s $QLOG ]]; then
 fi
 
 # ---- host-side comparison with the target ---------------------------------------------------
-RESULTS=$(tr -d '\r' <"$LOG" | grep -a '^VUS-' || true)
+# A VUS- line may follow the firmware's terminal escapes on the same line.
+RESULTS=$(tr -d '\r' <"$LOG" | grep -aoE 'VUS-(INFO|RESULT|DONE)( .*|$)' || true)
 HOSTLINES=""
 hostresult() { HOSTLINES+="VUS-RESULT $*"$'\n'; }
 if ((${#EXPECT[@]})); then

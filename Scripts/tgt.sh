@@ -112,6 +112,10 @@ cmd_start() {
     local url=iscsi://127.0.0.1:$port/$iqn/1 out=""
     ok=0
     for ((i = 0; i < 50; i++)); do
+        if grep -q 'unable to bind' "$log"; then
+            out="tgtd could not bind 127.0.0.1:$port (in use?)"
+            break
+        fi
         if out=$(iscsi-inq "$url" 2>&1); then ok=1; break; fi
         sleep 0.2
     done

@@ -1,5 +1,12 @@
+import Glibc
 internal import CLibISCSI
 import ServerLog
+
+/// What the login callback reports to `runLogin`.
+final class LoginState {
+    var finished = false
+    var failure: String?
+}
 
 extension ISCSISession {
     /// Creates a context, configures it for a normal session to `url` and logs in
@@ -29,8 +36,9 @@ extension ISCSISession {
         // Bounds the login PDUs; TCP SYN retries bound the connect (3 retries: about 15 s).
         iscsi_set_timeout(ctx, Int32(clamping: loginTimeout))
         iscsi_set_tcp_syncnt(ctx, 3)
-        guard iscsi_full_connect_sync(ctx, url.portal, Int32(url.lun)) == 0 else {
-            throw fail("cannot log in to")
+        if let reason = runLogin(ctx, url: url, timeout: loginTimeout) {
+            iscsi_destroy_context(ctx)
+            throw ISCSIError(.login, "cannot log in to \(url): \(reason)")
         }
         // No timeout for commands: a slow target is not a dead one. A lost connection is
         // noticed by TCP and libiscsi reconnects.
@@ -38,17 +46,60 @@ extension ISCSISession {
         return ctx
     }
 
-    /// Sends libiscsi's own error and connection messages to `Log`.
-    static func installLogBridge(_ ctx: OpaquePointer) {
-        iscsi_set_log_level(ctx, Log.enabled(.debug) ? 2 : 1)
-        iscsi_set_log_fn(ctx) { level, message in
-            guard let message else { return }
-            let text = String(cString: message)
-            if level <= 1 {
-                Log.warning("libiscsi: \(text)")
-            } else {
-                Log.debug("libiscsi: \(text)")
+    /// Connects, logs in and checks the LUN (`iscsi_full_connect_async`), driving libiscsi with
+    /// poll(2) on the calling thread. Returns nil on success, else the reason. Unlike
+    /// `iscsi_full_connect_sync` this keeps the first error (e.g. "Connection refused"), which
+    /// libiscsi otherwise overwrites with a message about not being able to reconnect.
+    static func runLogin(_ ctx: OpaquePointer, url: ISCSIURL, timeout: Int) -> String? {
+        let state = LoginState()
+        let statePointer = Unmanaged.passUnretained(state).toOpaque()
+        let rc = iscsi_full_connect_async(ctx, url.portal, Int32(url.lun), { ctx, status, _, privateData in
+            guard let privateData else { return }
+            // SAFETY: privateData is the LoginState kept alive by runLogin until it returns.
+            let state = Unmanaged<LoginState>.fromOpaque(privateData).takeUnretainedValue()
+            state.finished = true
+            if status != LibISCSIStatus.good {
+                state.failure = ctx.flatMap { iscsi_get_error($0) }.map { String(cString: $0) } ?? "status \(status)"
             }
+        }, statePointer)
+        guard rc == 0 else { return errorText(ctx) }
+        // Login PDUs time out after `timeout`; this bounds the whole exchange in case they don't.
+        let deadline = monotonicSeconds() + Double(max(timeout, 1) * 2 + 20)
+        while !state.finished {
+            if monotonicSeconds() > deadline { return "no answer within \(max(timeout, 1) * 2 + 20) s" }
+            var pfd = pollfd(fd: iscsi_get_fd(ctx), events: Int16(truncatingIfNeeded: iscsi_which_events(ctx)), revents: 0)
+            let ready = pfd.fd < 0 || pfd.events == 0 ? 0 : poll(&pfd, 1, 100)
+            if ready < 0 && errno != EINTR { return "poll failed: errno \(errno)" }
+            if pfd.fd < 0 || pfd.events == 0 { usleep(100_000) }
+            let revents = ready > 0 ? Int32(pfd.revents) : 0
+            if iscsi_service(ctx, revents) < 0 && !state.finished {
+                return errorText(ctx)
+            }
+        }
+        return state.failure.map { $0.isEmpty ? "unknown error" : $0 }
+    }
+
+    private static func errorText(_ ctx: OpaquePointer) -> String {
+        let text = iscsi_get_error(ctx).map { String(cString: $0) } ?? ""
+        return text.isEmpty ? "unknown error" : text
+    }
+
+    private static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// Sends libiscsi's own messages to `Log` at debug level, and only when debug is on:
+    /// libiscsi reports every CHECK CONDITION as an error, which is normal traffic here. The
+    /// session logs connections, reconnects and failures itself.
+    static func installLogBridge(_ ctx: OpaquePointer) {
+        guard Log.enabled(.debug) else { return }
+        iscsi_set_log_level(ctx, 2)
+        iscsi_set_log_fn(ctx) { _, message in
+            guard let message else { return }
+            let text = String(cString: message).split(whereSeparator: \.isNewline).joined(separator: " ")
+            Log.debug("libiscsi: \(text)")
         }
     }
 }

@@ -4,8 +4,18 @@ internal import CLibISCSI
 import ServerLog
 
 /// The Dispatch sources watching one socket of libiscsi's.
+///
+/// They watch a duplicate of libiscsi's fd that only the sources' cancel handler closes.
+/// libiscsi closes its own fd whenever it likes (reconnect, destroy), and libdispatch
+/// unregisters a cancelled source later, by fd number: had the number been reused meanwhile
+/// (by another session, an accepted vhost-user connection, a kick eventfd), that source
+/// would silently stop firing. The duplicate keeps the number taken until libdispatch has
+/// let go of it.
 struct EventSources {
+    /// libiscsi's fd, to notice when it changes.
     let fd: Int32
+    /// The duplicate the sources watch.
+    let watchedFD: Int32
     /// The socket's inode: a reconnect can reuse the fd number for a new socket.
     let inode: UInt64
     let read: DispatchSourceRead
@@ -30,7 +40,7 @@ extension ISCSISession {
     func stopEvents() {
         timer?.cancel()
         timer = nil
-        removeSources()
+        removeSources(followingSocket: false)
     }
 
     /// Writes libiscsi's queued PDUs now, if there are any. Call once after a batch of
@@ -70,12 +80,26 @@ extension ISCSISession {
     }
 
     func timerFired() {
+        let readEvents = readEventsSinceTick
+        readEventsSinceTick = 0
         service(0)
-        guard context != nil, !closed, let current = events else { return }
-        // A reconnect may have reused the fd number for a new socket.
+        guard let ctx = context, !closed, let current = events else { return }
+        // Backstop for a reconnect that `followSocket` did not see.
         if socketInode(current.fd) != current.inode {
+            Log.info("iscsi: session to \(url) now on a new connection (fd \(current.fd) reused)")
             removeSources()
-            followSocket()
+            return
+        }
+        // Backstop for a deaf read source: libiscsi closes sockets behind libdispatch's back,
+        // and another session of the process may have reused the number while libdispatch
+        // still tracked the old one. Input waiting with no read event for a whole interval
+        // means the source missed it.
+        var pfd = pollfd(fd: current.fd, events: Int16(POLLIN), revents: 0)
+        if readEvents == 0, poll(&pfd, 1, 0) > 0, pfd.revents & Int16(POLLIN) != 0,
+           iscsi_which_events(ctx) & Int32(POLLIN) != 0 {
+            Log.warning("iscsi: read events for \(url) stalled; re-registering the socket")
+            removeSources()
+            service(Int32(POLLIN))
         }
     }
 
@@ -84,17 +108,33 @@ extension ISCSISession {
     func followSocket() {
         guard let ctx = context, !closed else { return }
         let fd = iscsi_get_fd(ctx)
-        if events?.fd != fd {
+        let loggedIn = iscsi_is_logged_in(ctx) != 0
+        if loggedIn != wasLoggedIn {
+            if loggedIn {
+                Log.info("iscsi: logged in to \(url) again")
+                lastServiceError = nil
+            } else {
+                Log.warning("iscsi: connection to \(url) lost; libiscsi is reconnecting")
+            }
+        }
+        // While (re)connecting, libiscsi may have closed its socket and opened a new one that
+        // got the same fd number: a source on the old one never fires again.
+        if !loggedIn || !wasLoggedIn, let current = events, current.fd == fd, socketInode(fd) != current.inode {
+            Log.info("iscsi: session to \(url) now on a new connection (fd \(fd) reused)")
+            removeSources()
+        }
+        wasLoggedIn = loggedIn
+        // New sources wait until the old ones are fully cancelled: libdispatch unregisters a
+        // cancelled source later, by fd number, and would take the new socket's registration
+        // with it when libiscsi reused the number.
+        if events?.fd != fd && sourcesBeingCancelled == 0 {
             let old = events?.fd
             removeSources()
             if fd >= 0 {
                 installSources(fd: fd)
-                if let old {
+                if let old, old != fd {
                     Log.info("iscsi: session to \(url) now on a new connection (fd \(old) -> \(fd))")
-                    lastServiceError = nil
                 }
-            } else {
-                Log.warning("iscsi: session to \(url) has no connection; libiscsi is reconnecting")
             }
         }
         guard var current = events else { return }
@@ -107,21 +147,46 @@ extension ISCSISession {
     }
 
     func installSources(fd: Int32) {
-        let read = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-        read.setEventHandler { @Sendable [weak self] in self?.service(Int32(POLLIN)) }
-        let write = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
+        let watched = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard watched >= 0 else {
+            Log.error("iscsi: cannot watch the socket of \(url): \(String(cString: strerror(errno)))")
+            return
+        }
+        let read = DispatchSource.makeReadSource(fileDescriptor: watched, queue: queue)
+        read.setEventHandler { @Sendable [weak self] in
+            guard let self else { return }
+            self.readEventsSinceTick &+= 1
+            self.service(Int32(POLLIN))
+        }
+        let write = DispatchSource.makeWriteSource(fileDescriptor: watched, queue: queue)
         write.setEventHandler { @Sendable [weak self] in self?.service(Int32(POLLOUT)) }
         read.resume()
         // `write` stays inactive (suspended) until libiscsi wants POLLOUT.
-        events = EventSources(fd: fd, inode: socketInode(fd), read: read, write: write)
+        events = EventSources(fd: fd, watchedFD: watched, inode: socketInode(fd), read: read, write: write)
     }
 
-    func removeSources() {
+    func removeSources(followingSocket: Bool = true) {
         guard let current = events else { return }
         events = nil
+        if followingSocket { sourcesBeingCancelled += 2 }
+        // Both handlers run on `queue`; the second one closes the duplicate fd.
+        let pending = CancelCount(fd: current.watchedFD)
+        let cancelled: @Sendable () -> Void = { [weak self] in
+            pending.sourceCancelled()
+            if followingSocket { self?.sourceCancelled() }
+        }
+        current.read.setCancelHandler(handler: cancelled)
+        current.write.setCancelHandler(handler: cancelled)
         current.read.cancel()
         current.write.cancel()
         if !current.writeArmed { current.write.resume() }
+    }
+
+    /// Runs when libdispatch has let go of an old source's fd; the last one installs the
+    /// sources for libiscsi's current socket.
+    func sourceCancelled() {
+        sourcesBeingCancelled -= 1
+        if sourcesBeingCancelled == 0 { followSocket() }
     }
 
     func socketInode(_ fd: Int32) -> UInt64 {
@@ -135,5 +200,17 @@ extension ISCSISession {
         guard message != lastServiceError else { return }
         lastServiceError = message
         Log.warning("iscsi: connection to \(url) failed: \(message); libiscsi reconnects")
+    }
+}
+
+/// Closes a watched duplicate fd once both of its sources are cancelled. Only touched on the
+/// session's queue.
+final class CancelCount: @unchecked Sendable {
+    private var remaining = 2
+    private let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    func sourceCancelled() {
+        remaining -= 1
+        if remaining == 0 { Glibc.close(fd) }
     }
 }

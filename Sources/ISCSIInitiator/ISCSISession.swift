@@ -39,6 +39,10 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     let slots: UnsafeMutablePointer<CommandSlot>
     var outstandingCount = 0
     var events: EventSources?
+    /// Old sources whose cancel handler has not run yet (see `removeSources`).
+    var sourcesBeingCancelled = 0
+    /// Read events since the last timer tick, for the stalled-source backstop.
+    var readEventsSinceTick = 0
     var timer: DispatchSourceTimer?
     var flushScheduled = false
     /// > 0 while libiscsi code runs and may call back into the session. `close()` there only
@@ -54,6 +58,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     var pendingTaskManagement: [TaskManagementRequest] = []
     /// The last `iscsi_service` error logged, so a dead target does not flood the log.
     var lastServiceError: String?
+    /// `iscsi_is_logged_in` after the last service: a change means a reconnect began or ended.
+    var wasLoggedIn = true
     let onQueueKey = DispatchSpecificKey<UInt8>()
 
     /// Connects and logs in synchronously (blocking the calling thread, at most about

@@ -53,10 +53,16 @@ final class FrontendConnection: @unchecked Sendable {
     static let maxMemorySlots: UInt64 = 509
 
     func start() {
-        let source = DispatchSource.makeReadSource(fileDescriptor: channel.fd, queue: controlQueue)
-        source.setEventHandler { @Sendable [weak self] in self?.readable() }
-        readSource = source
-        source.resume()
+        do {
+            let source = try makeReadSource(watching: channel.fd, queue: controlQueue) { @Sendable [weak self] _ in
+                self?.readable()
+            }
+            readSource = source
+            source.resume()
+        } catch {
+            Log.error("vhost-user: cannot watch the connection: \(error)")
+            close(reason: "\(error)")
+        }
     }
 
     /// Stops every ring (waiting for in-flight requests), unmaps memory and closes.
@@ -190,10 +196,14 @@ final class FrontendConnection: @unchecked Sendable {
         case .getFeatures:
             return u64(offeredFeatures.rawValue)
         case .setFeatures:
-            let features = VirtioFeatures(rawValue: try payloadU64(message, request))
-            guard offeredFeatures.isSuperset(of: features) else {
-                throw MessageError(description: "SET_FEATURES: \(features) includes features never offered (\(offeredFeatures))")
+            let requested = VirtioFeatures(rawValue: try payloadU64(message, request))
+            // QEMU passes through device bits it handles itself (VIRTIO_SCSI_F_CHANGE with
+            // param_change=on) although they were not offered: keep only what was offered.
+            let unoffered = requested.subtracting(offeredFeatures)
+            if !unoffered.isEmpty {
+                Log.debug("vhost-user: SET_FEATURES includes \(unoffered), never offered; ignoring those bits")
             }
+            let features = requested.intersection(offeredFeatures)
             ackedFeatures = features
             // Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled from the start.
             if !features.contains(.protocolFeatures) {
@@ -388,12 +398,17 @@ final class FrontendConnection: @unchecked Sendable {
                           negotiatedFeatures: ackedFeatures, notifier: slot.notifier)
         let kickFD = slot.kickFD
         _ = fcntl(kickFD, F_SETFL, fcntl(kickFD, F_GETFL) | O_NONBLOCK)
-        let source = DispatchSource.makeReadSource(fileDescriptor: kickFD, queue: queue)
         let device = self.device
-        source.setEventHandler { @Sendable in
-            var counter: UInt64 = 0
-            _ = read(kickFD, &counter, 8)
-            device.kick(vring)
+        let source: DispatchSourceRead
+        do {
+            source = try makeReadSource(watching: kickFD, queue: queue) { @Sendable watched in
+                // The duplicate shares the eventfd's counter: reading through it resets it.
+                var counter: UInt64 = 0
+                _ = read(watched, &counter, 8)
+                device.kick(vring)
+            }
+        } catch {
+            throw MessageError(description: "ring \(slot.index): cannot watch the kick fd: \(error)")
         }
         slot.running = vring
         slot.kickSource = source
@@ -417,7 +432,9 @@ final class FrontendConnection: @unchecked Sendable {
                 device.stop(vring) { drained.signal() }
             }
             if drained.wait(timeout: .now() + options.drainTimeout) == .timedOut {
-                Log.error("ring \(slot.index): requests still in flight after \(options.drainTimeout); reporting the ring stopped anyway")
+                Log.error("ring \(slot.index): requests still in flight after \(options.drainTimeout); "
+                          + "aborting them and reporting the ring stopped")
+                vring.queue.sync { device.abandon(vring) }
             }
             slot.base = vring.queue.sync { vring.ring.nextAvail }
             slot.running = nil

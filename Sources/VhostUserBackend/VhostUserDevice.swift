@@ -24,6 +24,11 @@ public protocol VhostUserDevice: AnyObject, Sendable {
     /// Stop taking requests from the ring and call `drained` (from any queue) once every
     /// request taken from it has been completed and pushed to the used ring.
     func stop(_ vring: Vring, drained: @escaping @Sendable () -> Void)
+
+    /// The drain did not finish in time and the ring has been reported stopped anyway: from
+    /// now on nothing may touch this ring or signal the guest for it. Requests still in
+    /// flight should be aborted; their completions are dropped.
+    func abandon(_ vring: Vring)
 }
 
 /// A started ring, handed to the device. Confined to the device's queue for this ring.

@@ -27,6 +27,7 @@ public final class VhostUserServer: @unchecked Sendable {
         let fd = try UnixSocket.listen(path: socketPath)
         controlQueue.sync {
             listenFD = fd
+            // The listening fd is never closed before shutdown; a plain source is safe here.
             let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: controlQueue)
             source.setEventHandler { @Sendable [weak self] in self?.acceptOne() }
             acceptSource = source

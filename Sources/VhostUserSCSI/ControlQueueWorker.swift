@@ -18,6 +18,8 @@ final class ControlQueueWorker: @unchecked Sendable {
     private var vring: Vring?
     private var outstanding = 0
     private var drained: (@Sendable () -> Void)?
+    /// Bumped on every start and abandon: a TMF answers only the ring it came from.
+    private var generation = 0
 
     init(queue: DispatchQueue, lunMap: LUNMap, requestWorkers: [RequestQueueWorker]) {
         self.queue = queue
@@ -28,6 +30,7 @@ final class ControlQueueWorker: @unchecked Sendable {
     func start(_ vring: Vring) {
         self.vring = vring
         drained = nil
+        generation &+= 1
     }
 
     func stop(drained: @escaping @Sendable () -> Void) {
@@ -37,6 +40,13 @@ final class ControlQueueWorker: @unchecked Sendable {
         } else {
             self.drained = drained
         }
+    }
+
+    /// See `VhostUserDevice.abandon`: answers still to come are dropped.
+    func abandon() {
+        vring = nil
+        drained = nil
+        generation &+= 1
     }
 
     func kick() {
@@ -85,8 +95,10 @@ final class ControlQueueWorker: @unchecked Sendable {
             outstanding += 1
             // The chain's memory must stay mapped until the answer is written.
             let memory = vring.memory
+            let startedIn = generation
             taskManagement(tmf) { [self] response in
                 _ = memory
+                guard startedIn == generation else { return }
                 outstanding -= 1
                 Log.info("control queue: TMF \(VirtioSCSITMFSubtype(rawValue: tmf.subtype).map { "\($0)" } ?? "\(tmf.subtype)") "
                          + "on \(tmf.address?.description ?? "?") answered \(response)")

@@ -24,6 +24,9 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     private var inFlight = 0
     private var starved = false
     private var drained: (@Sendable () -> Void)?
+    /// Bumped on every start and abandon, so a completion of an older ring never touches
+    /// the current one.
+    private var generation = 0
 
     init(queue: DispatchQueue, lunMap: LUNMap, backendCount: Int, sessionFactory: @escaping SCSISessionFactory) {
         self.queue = queue
@@ -38,11 +41,13 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     func start(_ vring: Vring) {
         self.vring = vring
         drained = nil
+        generation &+= 1
         let wanted = min(Int(vring.ring.size), Self.maxOutstanding)
         if slots.count < wanted {
             for token in slots.count..<wanted { slots.append(RequestSlot(token: token)) }
         }
-        freeSlots = Array((0..<wanted).reversed())
+        // Commands of an abandoned ring may still be outstanding: their slots stay taken.
+        freeSlots = slots[0..<wanted].filter { $0.backend < 0 }.map(\.token).reversed()
         inFlight = 0
         starved = false
         for backend in sessions.indices where sessions[backend] == nil {
@@ -57,6 +62,18 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         } else {
             self.drained = drained
         }
+    }
+
+    /// See `VhostUserDevice.abandon`: stop touching the ring, abort what is in flight; the
+    /// completions that still come only free their slots.
+    func abandon() {
+        vring = nil
+        drained = nil
+        generation &+= 1
+        for slot in slots where slot.backend >= 0 {
+            sessions[slot.backend]?.taskManagement(.abortTask(token: slot.token), lun: lunMap.backendLUN(slot.backend)) { _ in }
+        }
+        for case let session? in sessions { session.flush() }
     }
 
     /// Logs out of every session (server shutdown).
@@ -144,6 +161,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             return false
         }
         slot.backend = backend
+        slot.generation = generation
         slot.memory = vring.memory
         slot.iovecs.reset()
         let direction: SCSIDataDirection
@@ -173,9 +191,14 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     func scsiCommandCompleted(token: Int, _ completion: SCSICompletion) {
         let slot = slots[token]
-        inFlight -= 1
         slot.memory = nil
-        guard let vring else { return }  // ring was reported stopped after a drain timeout
+        guard slot.generation == generation, let vring else {
+            // The ring was abandoned after a drain timeout: free the slot, touch nothing.
+            slot.backend = -1
+            if slot.token < Int(self.vring?.ring.size ?? 0) { freeSlots.append(slot.token) }
+            return
+        }
+        inFlight -= 1
         let response: VirtioSCSIResponse
         switch completion.outcome {
         case .completed: response = .ok

@@ -14,7 +14,10 @@ final class RequestSlot {
     var head: UInt16 = 0
     var id: UInt64 = 0
     var address = VirtioSCSIAddress(target: 0, lun: 0)
+    /// The configured unit the command went to; -1 while the slot is free.
     var backend = -1
+    /// The ring start the request came from (see RequestQueueWorker.generation).
+    var generation = 0
     var dataInLength = 0
     /// Keeps the memory the chain was translated with mapped until the command completes.
     var memory: GuestMemory?

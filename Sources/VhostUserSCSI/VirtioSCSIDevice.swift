@@ -64,6 +64,14 @@ public final class VirtioSCSIDevice: VhostUserDevice {
         }
     }
 
+    public func abandon(_ vring: Vring) {
+        switch vring.index {
+        case 0: control.abandon()
+        case 1: events.stop(drained: {})
+        default: requests[vring.index - 2].abandon()
+        }
+    }
+
     /// Reports an event to the guest on the event queue.
     public func post(_ event: VirtioSCSIEvent) {
         events.queue.async { [events] in events.post(event) }

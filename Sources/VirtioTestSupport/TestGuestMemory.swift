@@ -1,0 +1,214 @@
+import Glibc
+internal import CVhostShims
+import VhostUserProtocol
+import VirtioCore
+
+/// Errors raised by the test helpers (never by the product code).
+public enum TestSupportError: Error, CustomStringConvertible {
+    case system(String, Int32)
+    case timeout(String)
+    case protocolError(String)
+
+    public var description: String {
+        switch self {
+        case .system(let what, let err): return "\(what): \(String(cString: strerror(err)))"
+        case .timeout(let what): return "timed out: \(what)"
+        case .protocolError(let what): return what
+        }
+    }
+}
+
+/// Polls `condition` every millisecond until it holds or `timeout` seconds pass.
+/// Returns whether it held. A bounded wait, for state that has no notification of its own.
+public func waitUntil(timeout: Double = 5, _ condition: () -> Bool) -> Bool {
+    var start = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &start)
+    while true {
+        if condition() { return true }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let elapsed = Double(now.tv_sec - start.tv_sec) + Double(now.tv_nsec - start.tv_nsec) / 1e9
+        if elapsed >= timeout { return condition() }
+        usleep(1000)
+    }
+}
+
+/// Seconds on the monotonic clock (for measuring how long something blocked).
+public func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+/// Guest RAM for tests: one memfd per region, mapped MAP_SHARED here so the same memory can be
+/// handed to the server as file descriptors (as QEMU does). The frontend virtual address of a
+/// region is where it is mapped in this process, like QEMU's.
+///
+/// Addresses in the helpers are guest physical addresses. A bump allocator hands out guest
+/// buffers. The object is used from one thread at a time (the test's).
+public final class TestGuestMemory: @unchecked Sendable {
+    public struct Region: Sendable {
+        public let guestPhysicalAddress: UInt64
+        public let size: UInt64
+        public let fd: Int32
+        /// Mapping address in this process, also the frontend virtual address.
+        public let hostAddress: UInt
+    }
+
+    public let regions: [Region]
+    /// The same regions as the device-side `GuestMemory` type, translated in this process.
+    public let guestMemory: GuestMemory
+    private var allocationRegion = 0
+    private var allocationOffset: UInt64 = 0
+
+    /// Regions at the given guest physical addresses; they must not overlap.
+    public init(regions layout: [(guestAddress: UInt64, size: Int)]) throws {
+        var made: [Region] = []
+        do {
+            for (i, entry) in layout.enumerated() {
+                let fd = CVhostShims_memfd_create("test-guest-ram-\(i)", 1 /* MFD_CLOEXEC */)
+                guard fd >= 0 else { throw TestSupportError.system("memfd_create", errno) }
+                guard ftruncate(fd, off_t(entry.size)) == 0 else {
+                    let err = errno
+                    close(fd)
+                    throw TestSupportError.system("ftruncate", err)
+                }
+                let p = mmap(nil, entry.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                guard let p, p != MAP_FAILED else {
+                    let err = errno
+                    close(fd)
+                    throw TestSupportError.system("mmap", err)
+                }
+                made.append(Region(guestPhysicalAddress: entry.guestAddress, size: UInt64(entry.size), fd: fd,
+                                   hostAddress: UInt(bitPattern: p)))
+            }
+        } catch {
+            for r in made {
+                munmap(UnsafeMutableRawPointer(bitPattern: r.hostAddress), Int(r.size))
+                close(r.fd)
+            }
+            throw error
+        }
+        regions = made
+        guestMemory = GuestMemory(regions: made.map {
+            GuestMemoryRegion(guestPhysicalAddress: $0.guestPhysicalAddress, size: $0.size,
+                              frontendVirtualAddress: UInt64($0.hostAddress), hostAddress: $0.hostAddress)
+        }, owner: nil)
+        let order = made.indices.sorted { made[$0].guestPhysicalAddress < made[$1].guestPhysicalAddress }
+        allocationOrder = order
+    }
+
+    private let allocationOrder: [Int]
+
+    /// One region of `size` bytes at guest physical `guestAddress`.
+    public convenience init(size: Int = 8 << 20, guestAddress: UInt64 = 0) throws {
+        try self.init(regions: [(guestAddress, size)])
+    }
+
+    deinit {
+        for r in regions {
+            munmap(UnsafeMutableRawPointer(bitPattern: r.hostAddress), Int(r.size))
+            close(r.fd)
+        }
+    }
+
+    /// The file descriptors to pass with SET_MEM_TABLE (still owned by this object).
+    public var fileDescriptors: [Int32] { regions.map(\.fd) }
+
+    /// SET_MEM_TABLE's payload for these regions (mmap offset 0, userspace address = mapping).
+    public var memoryTable: MemoryTable {
+        MemoryTable(regions: regions.map {
+            MemoryRegionDescription(guestPhysicalAddress: $0.guestPhysicalAddress, size: $0.size,
+                                    userAddress: UInt64($0.hostAddress), mmapOffset: 0)
+        })
+    }
+
+    /// Host pointer for `length` bytes at `address` (which must lie in one region).
+    public func pointer(_ address: UInt64, length: Int = 1) -> UnsafeMutableRawPointer {
+        // SAFETY: GuestMemory bounds-checks the range against our own live mappings.
+        guard let p = guestMemory.pointer(guest: address, length: length) else {
+            preconditionFailure("test bug: 0x\(String(address, radix: 16))+\(length) is not in one test region")
+        }
+        return p
+    }
+
+    /// The frontend (QEMU) virtual address of guest physical `address`.
+    public func frontendAddress(ofGuest address: UInt64) -> UInt64 {
+        UInt64(UInt(bitPattern: pointer(address)))
+    }
+
+    /// Writes `bytes` at `address`; the range may span adjacent regions.
+    public func write(_ bytes: [UInt8], at address: UInt64) {
+        var offset = 0
+        // SAFETY: each segment lies inside one of our mappings (checked by forEachSegment).
+        let ok = guestMemory.forEachSegment(guest: address, length: bytes.count) { base, length, _ in
+            bytes.withUnsafeBytes { base.copyMemory(from: $0.baseAddress! + offset, byteCount: length) }
+            offset += length
+            return true
+        }
+        precondition(ok, "test bug: write outside test memory")
+    }
+
+    /// Reads `count` bytes at `address`; the range may span adjacent regions.
+    public func read(_ address: UInt64, count: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(count)
+        let ok = guestMemory.forEachSegment(guest: address, length: count) { base, length, _ in
+            out.append(contentsOf: UnsafeRawBufferPointer(start: base, count: length))
+            return true
+        }
+        precondition(ok, "test bug: read outside test memory")
+        return out
+    }
+
+    public func fill(_ address: UInt64, count: Int, with byte: UInt8) {
+        write([UInt8](repeating: byte, count: count), at: address)
+    }
+
+    /// Stores a little-endian integer (virtio 1.x fields are little-endian).
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) {
+        pointer(address, length: MemoryLayout<T>.size).storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) -> T {
+        T(littleEndian: pointer(address, length: MemoryLayout<T>.size).loadUnaligned(as: T.self))
+    }
+
+    /// A release store of a 16-bit ring index (what a driver does to publish).
+    public func storeRelease(_ value: UInt16, at address: UInt64) {
+        CVhostShims_store_release_u16(pointer(address, length: 2), value.littleEndian)
+    }
+
+    /// An acquire load of a 16-bit ring index.
+    public func loadAcquire(at address: UInt64) -> UInt16 {
+        UInt16(littleEndian: CVhostShims_load_acquire_u16(pointer(address, length: 2)))
+    }
+
+    public func fullFence() { CVhostShims_fence_seq_cst() }
+
+    /// Allocates `length` bytes of guest memory (zeroed), aligned to `alignment`, from the
+    /// regions in guest address order. A bump allocator: nothing is ever freed.
+    public func allocate(_ length: Int, alignment: Int = 16) -> UInt64 {
+        precondition(length > 0 && alignment > 0 && alignment & (alignment - 1) == 0)
+        while allocationRegion < allocationOrder.count {
+            let region = regions[allocationOrder[allocationRegion]]
+            let a = UInt64(alignment)
+            let start = (region.guestPhysicalAddress + allocationOffset + a - 1) & ~(a - 1)
+            if start + UInt64(length) <= region.guestPhysicalAddress + region.size {
+                allocationOffset = start + UInt64(length) - region.guestPhysicalAddress
+                fill(start, count: length, with: 0)
+                return start
+            }
+            allocationRegion += 1
+            allocationOffset = 0
+        }
+        preconditionFailure("test bug: test guest memory exhausted allocating \(length) bytes")
+    }
+
+    /// Allocates a buffer holding `bytes`.
+    public func allocate(copying bytes: [UInt8], alignment: Int = 16) -> UInt64 {
+        let address = allocate(max(bytes.count, 1), alignment: alignment)
+        write(bytes, at: address)
+        return address
+    }
+}
