@@ -28,6 +28,8 @@ final class FrontendConnection: @unchecked Sendable {
     private var memory = MemoryTableState()
     private var slots: [VringSlot]
     private var status: UInt8 = 0
+    /// The log QEMU gave with SET_LOG_BASE; in use while VHOST_F_LOG_ALL is acknowledged.
+    private var dirtyLog: DirtyLog?
     private var closed = false
 
     init(fd: Int32, device: VhostUserDevice, controlQueue: DispatchQueue, options: BackendOptions,
@@ -42,11 +44,12 @@ final class FrontendConnection: @unchecked Sendable {
 
     /// Features offered in GET_FEATURES: the device's plus what the ring code implements.
     var offeredFeatures: VirtioFeatures {
-        device.virtioFeatures.union([.version1, .indirectDescriptors, .eventIndex, .notifyOnEmpty, .protocolFeatures])
+        device.virtioFeatures.union([.version1, .indirectDescriptors, .eventIndex, .notifyOnEmpty, .protocolFeatures,
+                                     .logAll])
     }
 
     static let offeredProtocolFeatures: VhostUserProtocolFeatures = [
-        .mq, .replyAck, .configureMemSlots, .resetDevice, .status,
+        .mq, .logSHMFD, .replyAck, .configureMemSlots, .resetDevice, .status,
     ]
 
     /// Answer to GET_MAX_MEM_SLOTS; lookups are a binary search, so many regions are cheap.
@@ -204,7 +207,12 @@ final class FrontendConnection: @unchecked Sendable {
                 Log.debug("vhost-user: SET_FEATURES includes \(unoffered), never offered; ignoring those bits")
             }
             let features = requested.intersection(offeredFeatures)
+            let loggingChanged = features.contains(.logAll) != ackedFeatures.contains(.logAll)
             ackedFeatures = features
+            if loggingChanged {
+                Log.info("vhost-user: dirty logging \(features.contains(.logAll) ? "on" : "off")")
+                updateLogging()
+            }
             // Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled from the start.
             if !features.contains(.protocolFeatures) {
                 for slot in slots where !slot.enabled {
@@ -212,7 +220,7 @@ final class FrontendConnection: @unchecked Sendable {
                     try startIfReady(slot)
                 }
             }
-            Log.info("vhost-user: features \(features) acknowledged")
+            Log.debug("vhost-user: features \(features) acknowledged")
             return nil
         case .getProtocolFeatures:
             return u64(Self.offeredProtocolFeatures.rawValue)
@@ -281,7 +289,10 @@ final class FrontendConnection: @unchecked Sendable {
             let slot = try slot(Int(address.index), request)
             if let why = address.alignmentError { throw MessageError(description: "SET_VRING_ADDR: \(why)") }
             slot.address = address
-            if slot.running != nil { try relocate(slot) }
+            if slot.running != nil {
+                try relocate(slot)
+                updateLogging()
+            }
             return nil
         case .setVringBase:
             let (slot, num) = try vringState(message, request)
@@ -339,7 +350,32 @@ final class FrontendConnection: @unchecked Sendable {
             ackedFeatures = []
             status = 0
             return nil
-        case .setLogBase, .setLogFD, .sendRARP, .netSetMTU, .setBackendReqFD, .iotlbMsg, .setVringEndian,
+        case .setLogBase:
+            try expectFDs(message, 1, request)
+            defer { message.closeFileDescriptors() }
+            guard ackedProtocolFeatures.contains(.logSHMFD) else {
+                throw MessageError(description: "SET_LOG_BASE without the LOG_SHMFD protocol feature", fatal: true)
+            }
+            guard message.payload.count == 16 else {
+                throw MessageError(description: "SET_LOG_BASE: payload is \(message.payload.count) bytes, expected 16", fatal: true)
+            }
+            var r = PayloadReader(message.payload)
+            let size: UInt64 = r.read()
+            let offset: UInt64 = r.read()
+            do {
+                dirtyLog = try DirtyLog(fd: message.fds[0], size: size, offset: offset)
+            } catch {
+                throw MessageError(description: "SET_LOG_BASE: \(error)", fatal: true)
+            }
+            Log.info("vhost-user: dirty log of \(size) bytes (guest memory up to \(size * 8 * 4096 >> 20) MiB)")
+            updateLogging()
+            // With LOG_SHMFD the frontend always waits for this reply (vhost-user spec).
+            return u64(0)
+        case .setLogFD:
+            try expectFDs(message, 1, request)
+            message.closeFileDescriptors()  // log-change notifications are not used
+            return nil
+        case .sendRARP, .netSetMTU, .setBackendReqFD, .iotlbMsg, .setVringEndian,
              .getConfig, .setConfig, .getInflightFD, .setInflightFD:
             throw MessageError(description: "\(request) belongs to a feature this backend did not offer", fatal: true)
         }
@@ -396,6 +432,8 @@ final class FrontendConnection: @unchecked Sendable {
         let queue = device.dispatchQueue(forVring: slot.index)
         let vring = Vring(index: slot.index, queue: queue, ring: ring, memory: memory.memory,
                           negotiatedFeatures: ackedFeatures, notifier: slot.notifier)
+        vring.dirtyLog = ackedFeatures.contains(.logAll) ? dirtyLog : nil
+        vring.usedRingLogAddress = slot.usedRingLogAddress
         let kickFD = slot.kickFD
         _ = fcntl(kickFD, F_SETFL, fcntl(kickFD, F_GETFL) | O_NONBLOCK)
         let device = self.device
@@ -455,6 +493,19 @@ final class FrontendConnection: @unchecked Sendable {
         }
         for slot in slots where slot.running == nil {
             try startIfReady(slot)
+        }
+    }
+
+    /// Hands every running ring the log to use: the current one while VHOST_F_LOG_ALL is on.
+    private func updateLogging() {
+        let log = ackedFeatures.contains(.logAll) ? dirtyLog : nil
+        for slot in slots {
+            guard let vring = slot.running else { continue }
+            let usedRingLogAddress = slot.usedRingLogAddress
+            vring.queue.sync {
+                vring.dirtyLog = log
+                vring.usedRingLogAddress = usedRingLogAddress
+            }
         }
     }
 

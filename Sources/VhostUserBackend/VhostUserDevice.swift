@@ -1,4 +1,5 @@
 import Dispatch
+import Glibc
 import VirtioCore
 import VhostUserProtocol
 
@@ -52,13 +53,62 @@ public final class Vring: @unchecked Sendable {
         self.notifier = notifier
     }
 
-    /// Publishes the used elements added since the last call and interrupts the guest if it
-    /// asked to be (EVENT_IDX), once per batch.
+    /// The dirty log while the frontend has logging on (VHOST_F_LOG_ALL), else nil.
+    public internal(set) var dirtyLog: DirtyLog?
+    /// Guest physical address of the used ring when its writes are to be logged
+    /// (VHOST_VRING_F_LOG in SET_VRING_ADDR).
+    var usedRingLogAddress: UInt64?
+
+    /// Publishes the used elements added since the last call, logs the used ring when
+    /// migrating, and interrupts the guest if it asked to be (EVENT_IDX), once per batch.
     @inline(__always)
     public func publishUsedAndNotify() {
         ring.publishUsed()
+        logUsedRing()
         if ring.needsNotification() {
             notifier.signal()
         }
     }
+
+    /// `UnsafeSplitQueue.enableKicks` plus logging of the avail_event it writes.
+    @inline(__always)
+    public func enableKicks() -> Bool {
+        let more = ring.enableKicks()
+        if ring.eventIndex { logUsedRing() }
+        return more
+    }
+
+    /// Marks the device-writable buffers of `chain` in the dirty log: everything the device
+    /// may have written into them. Call before the request is pushed to the used ring.
+    @inline(__always)
+    public func logWrites(to chain: ChainSegmentBuffer, headerBytes: Int) {
+        guard let log = dirtyLog else { return }
+        var remaining = DebugSwitches.skipDataInLogging ? headerBytes : Int.max
+        for i in chain.readableCount..<chain.count where remaining > 0 {
+            let segment = chain[i]
+            let length = min(segment.length, remaining)
+            log.mark(guestAddress: segment.guestAddress, length: length)
+            remaining -= length
+        }
+    }
+
+    @inline(__always)
+    func logUsedRing() {
+        guard let log = dirtyLog, let address = usedRingLogAddress else { return }
+        log.mark(guestAddress: address, length: SplitQueueLayout.usedRingBytes(size: ring.size))
+    }
+}
+
+/// Switches for tests that prove the tests catch what they exist for. Compiled into debug
+/// builds only; a release build ignores the environment.
+public enum DebugSwitches {
+    /// VUS_DEBUG_SKIP_DATA_IN_LOGGING=1: do not log data-in buffers in the dirty log, the bug
+    /// the migration test must catch.
+    public static let skipDataInLogging: Bool = {
+        #if DEBUG
+        return getenv("VUS_DEBUG_SKIP_DATA_IN_LOGGING").map { String(cString: $0) == "1" } ?? false
+        #else
+        return false
+        #endif
+    }()
 }

@@ -20,6 +20,12 @@ final class VringSlot {
 
     init(index: Int) { self.index = index }
 
+    /// Guest address to log used-ring writes at, when the frontend asked for it.
+    var usedRingLogAddress: UInt64? {
+        guard let address, address.flags & VringAddress.flagLog != 0 else { return nil }
+        return address.log
+    }
+
     /// Forgets everything the frontend configured (RESET_DEVICE, disconnect). Not running.
     func clear() {
         precondition(running == nil)

@@ -62,7 +62,7 @@ final class ControlQueueWorker: @unchecked Sendable {
                 guard let head else { break }
                 handle(head, vring: vring)
             }
-        } while vring.ring.enableKicks()
+        } while vring.enableKicks()
         vring.publishUsedAndNotify()
     }
 
@@ -104,6 +104,7 @@ final class ControlQueueWorker: @unchecked Sendable {
                          + "on \(tmf.address?.description ?? "?") answered \(response)")
                 guard let vring = self.vring else { return }
                 [response.rawValue].withUnsafeBytes { _ = chain.writeWritable(at: 0, from: $0) }
+                vring.logWrites(to: chain, headerBytes: 1)
                 vring.ring.addUsed(head: head, length: 1)
                 vring.publishUsedAndNotify()
                 if let drained, outstanding == 0 {
@@ -122,6 +123,7 @@ final class ControlQueueWorker: @unchecked Sendable {
             // No asynchronous notification classes are supported: event_actual 0, S_OK.
             let answer: [UInt8] = [0, 0, 0, 0, VirtioSCSIResponse.ok.rawValue]
             answer.withUnsafeBytes { _ = chain.writeWritable(at: 0, from: $0) }
+            vring.logWrites(to: chain, headerBytes: answer.count)
             vring.ring.addUsed(head: head, length: UInt32(answer.count))
         case nil:
             Log.error("control queue: request \(head) has unknown type \(type)")

@@ -56,6 +56,7 @@ final class EventQueueWorker: @unchecked Sendable {
         if eventsMissed { delivered.event |= VirtioSCSIEvent.eventsMissed }
         let written = delivered.encoded().withUnsafeBytes { chain.writeWritable(at: 0, from: $0) }
         if written == VirtioSCSIEvent.byteCount { eventsMissed = false }
+        vring.logWrites(to: chain, headerBytes: written)
         vring.ring.addUsed(head: head, length: UInt32(written))
         vring.publishUsedAndNotify()
     }

@@ -60,6 +60,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             vring = nil
             drained()
         } else {
+            Log.info("ring \(vring?.index ?? -1): draining \(inFlight) in-flight request(s) before stopping")
             self.drained = drained
         }
     }
@@ -107,7 +108,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
                     pushedNow = true
                 }
             }
-            if !vring.ring.enableKicks() { break }
+            if !vring.enableKicks() { break }
         }
         for case let session? in sessions { session.flush() }
         if pushedNow { vring.publishUsedAndNotify() }
@@ -212,6 +213,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
                 residual: UInt32(clamping: completion.residual), sense: completion.sense, dataIn: transferred)
         vring.publishUsedAndNotify()
         if let drained, inFlight == 0 {
+            Log.info("ring \(vring.index): drained")
             self.drained = nil
             self.vring = nil
             drained()
@@ -230,6 +232,8 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             VirtioSCSICommandResponse.encode(response: response, status: status, residual: residual, sense: sense, into: header)
             slot.chain.writeWritable(at: 0, from: UnsafeRawBufferPointer(header))
         }
+        // Response header and data-in were written: log them before the request is used.
+        vring.logWrites(to: slot.chain, headerBytes: VirtioSCSICommandResponse.byteCount)
         finish(slot, vring: vring, usedLength: UInt32(VirtioSCSICommandResponse.byteCount + dataIn))
     }
 

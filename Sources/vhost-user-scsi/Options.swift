@@ -143,7 +143,8 @@ struct Options {
     /// A per-host default, so that two hosts never present the same initiator by accident.
     static func defaultInitiatorName() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
-        let host = gethostname(&buffer, buffer.count) == 0 ? String(cString: buffer) : "localhost"
+        let host = gethostname(&buffer, buffer.count) == 0
+            ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "localhost"
         let cleaned = host.lowercased().map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." ? $0 : "-" }
         return "iqn.2026-11.org.vhost-user-scsi:" + String(cleaned)
     }
