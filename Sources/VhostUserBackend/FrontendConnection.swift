@@ -30,6 +30,8 @@ final class FrontendConnection: @unchecked Sendable {
     private var status: UInt8 = 0
     /// The log QEMU gave with SET_LOG_BASE; in use while VHOST_F_LOG_ALL is acknowledged.
     private var dirtyLog: DirtyLog?
+    /// The inflight-tracking region from SET_INFLIGHT_FD.
+    private var inflight: InflightRegion?
     private var closed = false
 
     init(fd: Int32, device: VhostUserDevice, controlQueue: DispatchQueue, options: BackendOptions,
@@ -49,7 +51,7 @@ final class FrontendConnection: @unchecked Sendable {
     }
 
     static let offeredProtocolFeatures: VhostUserProtocolFeatures = [
-        .mq, .logSHMFD, .replyAck, .configureMemSlots, .resetDevice, .status,
+        .mq, .logSHMFD, .replyAck, .inflightSHMFD, .configureMemSlots, .resetDevice, .status,
     ]
 
     /// Answer to GET_MAX_MEM_SLOTS; lookups are a binary search, so many regions are cheap.
@@ -190,7 +192,8 @@ final class FrontendConnection: @unchecked Sendable {
     private func dispatch(_ request: VhostUserRequest, _ message: ReceivedMessage) throws(MessageError) -> [UInt8]? {
         // Requests that carry fds close them themselves; all others must carry none.
         switch request {
-        case .setMemTable, .addMemReg, .remMemReg, .setVringKick, .setVringCall, .setVringErr:
+        case .setMemTable, .addMemReg, .remMemReg, .setVringKick, .setVringCall, .setVringErr,
+             .setLogBase, .setLogFD, .setInflightFD:
             break
         default:
             try expectFDs(message, 0, request)
@@ -371,14 +374,71 @@ final class FrontendConnection: @unchecked Sendable {
             updateLogging()
             // With LOG_SHMFD the frontend always waits for this reply (vhost-user spec).
             return u64(0)
+        case .getInflightFD:
+            let (queues, queueSize) = try inflightDescription(message, request)
+            let region: (fd: Int32, size: UInt64)
+            do { region = try InflightRegion.create(queueCount: queues, queueSize: queueSize) } catch {
+                throw MessageError(description: "GET_INFLIGHT_FD: \(error)")
+            }
+            defer { closeOwned(region.fd) }
+            send(request, payload: Self.inflightPayload(size: region.size, queues: queues, queueSize: queueSize),
+                 fds: [region.fd])
+            return nil
+        case .setInflightFD:
+            try expectFDs(message, 1, request)
+            defer { message.closeFileDescriptors() }
+            let (queues, queueSize) = try inflightDescription(message, request)
+            var r = PayloadReader(message.payload)
+            let size: UInt64 = r.read()
+            let offset: UInt64 = r.read()
+            guard !slots.contains(where: { $0.running != nil }) else {
+                throw MessageError(description: "SET_INFLIGHT_FD while rings are running")
+            }
+            do {
+                inflight = try InflightRegion(fd: message.fds[0], size: size, offset: offset,
+                                              queueCount: queues, queueSize: queueSize)
+            } catch {
+                throw MessageError(description: "SET_INFLIGHT_FD: \(error)")
+            }
+            return nil
         case .setLogFD:
             try expectFDs(message, 1, request)
             message.closeFileDescriptors()  // log-change notifications are not used
             return nil
         case .sendRARP, .netSetMTU, .setBackendReqFD, .iotlbMsg, .setVringEndian,
-             .getConfig, .setConfig, .getInflightFD, .setInflightFD:
+             .getConfig, .setConfig:
             throw MessageError(description: "\(request) belongs to a feature this backend did not offer", fatal: true)
         }
+    }
+
+    /// VhostUserInflight: mmap_size u64, mmap_offset u64, num_queues u16, queue_size u16 (QEMU
+    /// sends the C struct's 24 bytes, padding included).
+    private func inflightDescription(_ message: ReceivedMessage, _ request: VhostUserRequest) throws(MessageError) -> (Int, UInt16) {
+        guard ackedProtocolFeatures.contains(.inflightSHMFD) else {
+            throw MessageError(description: "\(request) without the INFLIGHT_SHMFD protocol feature", fatal: true)
+        }
+        guard (20...24).contains(message.payload.count) else {
+            throw MessageError(description: "\(request): payload is \(message.payload.count) bytes, expected 24", fatal: true)
+        }
+        var r = PayloadReader(message.payload)
+        _ = r.read(UInt64.self)
+        _ = r.read(UInt64.self)
+        let queues: UInt16 = r.read()
+        let queueSize: UInt16 = r.read()
+        guard queues >= 1, Int(queues) <= slots.count, SplitQueueLayout.isValidSize(UInt32(queueSize)) else {
+            throw MessageError(description: "\(request): \(queues) queues of \(queueSize) entries is not valid for this device")
+        }
+        return (Int(queues), queueSize)
+    }
+
+    private static func inflightPayload(size: UInt64, queues: Int, queueSize: UInt16) -> [UInt8] {
+        var b: [UInt8] = []
+        b.appendUnaligned(size)
+        b.appendUnaligned(UInt64(0))
+        b.appendUnaligned(UInt16(queues))
+        b.appendUnaligned(queueSize)
+        b.appendUnaligned(UInt32(0))
+        return b
     }
 
     /// Decodes the u64 of SET_VRING_KICK/CALL/ERR: ring index in bits 0-7, bit 8 = no fd.
@@ -426,12 +486,35 @@ final class FrontendConnection: @unchecked Sendable {
         case .success(let p): pointers = p
         case .failure(let error): throw MessageError(description: "ring \(slot.index): \(error)", fatal: true)
         }
+        // After a crash the inflight region, not SET_VRING_BASE, knows where the ring stands.
+        var nextAvail = slot.base
+        var inflightQueue: UnsafeInflightQueue?
+        var resubmit: [UInt16] = []
+        var counter: UInt64 = 1
+        if let inflight, slot.index < inflight.queueCount {
+            if inflight.queueSize == slot.size {
+                let queue = inflight.queue(slot.index)
+                let guestUsed = UInt16(littleEndian: pointers.2.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+                if let recovered = queue.recover(guestUsedIndex: guestUsed, size: slot.size) {
+                    nextAvail = recovered.nextAvail
+                    resubmit = recovered.resubmit
+                    counter = recovered.nextCounter
+                    Log.info("ring \(slot.index): resuming at avail index \(nextAvail); resubmitting "
+                             + "\(resubmit.count) request(s) in flight before the restart")
+                }
+                inflightQueue = queue
+            } else {
+                Log.warning("ring \(slot.index): inflight region is for \(inflight.queueSize) entries, the ring has "
+                            + "\(slot.size); not tracking it")
+            }
+        }
         let ring = UnsafeSplitQueue(size: slot.size, descriptorTable: pointers.0, avail: pointers.1, used: pointers.2,
-                                    nextAvail: slot.base, eventIndex: ackedFeatures.contains(.eventIndex),
+                                    nextAvail: nextAvail, eventIndex: ackedFeatures.contains(.eventIndex),
                                     notifyOnEmpty: ackedFeatures.contains(.notifyOnEmpty))
         let queue = device.dispatchQueue(forVring: slot.index)
         let vring = Vring(index: slot.index, queue: queue, ring: ring, memory: memory.memory,
-                          negotiatedFeatures: ackedFeatures, notifier: slot.notifier)
+                          negotiatedFeatures: ackedFeatures, notifier: slot.notifier,
+                          inflight: inflightQueue, resubmit: resubmit, inflightCounter: counter)
         vring.dirtyLog = ackedFeatures.contains(.logAll) ? dirtyLog : nil
         vring.usedRingLogAddress = slot.usedRingLogAddress
         let kickFD = slot.kickFD

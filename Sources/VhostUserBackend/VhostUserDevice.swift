@@ -43,14 +43,53 @@ public final class Vring: @unchecked Sendable {
     public let negotiatedFeatures: VirtioFeatures
     let notifier: CallNotifier
 
+    /// Inflight tracking (INFLIGHT_SHMFD), when the frontend gave a region for this ring.
+    let inflight: UnsafeInflightQueue?
+    /// Heads that were in flight when the previous server died, oldest first: taken again
+    /// before anything new (each exactly once).
+    private let resubmit: [UInt16]
+    private var resubmitted = 0
+    private var inflightCounter: UInt64
+
     init(index: Int, queue: DispatchQueue, ring: UnsafeSplitQueue, memory: GuestMemory,
-         negotiatedFeatures: VirtioFeatures, notifier: CallNotifier) {
+         negotiatedFeatures: VirtioFeatures, notifier: CallNotifier,
+         inflight: UnsafeInflightQueue? = nil, resubmit: [UInt16] = [], inflightCounter: UInt64 = 1) {
         self.index = index
         self.queue = queue
         self.ring = ring
         self.memory = memory
         self.negotiatedFeatures = negotiatedFeatures
         self.notifier = notifier
+        self.inflight = inflight
+        self.resubmit = resubmit
+        self.inflightCounter = inflightCounter
+    }
+
+    /// Takes the next request's head: first those resubmitted after a restart, then the
+    /// avail ring. Tracked in the inflight region from here until `push`.
+    @inline(__always)
+    public func pop() throws(UnsafeSplitQueue.RingError) -> UInt16? {
+        if resubmitted < resubmit.count {
+            resubmitted += 1
+            return resubmit[resubmitted - 1]
+        }
+        guard let head = try ring.popAvail() else { return nil }
+        if let inflight {
+            inflight.taken(head, counter: inflightCounter)
+            inflightCounter &+= 1
+        }
+        return head
+    }
+
+    /// Puts `head` on the used ring and publishes the used index at once, so the inflight
+    /// region always tells exactly which requests are done (vhost-user spec, "Inflight I/O
+    /// tracking"). The guest is interrupted by `publishUsedAndNotify()`, once per batch.
+    @inline(__always)
+    public func push(head: UInt16, length: UInt32) {
+        ring.addUsed(head: head, length: length)
+        inflight?.willPublish(head)
+        ring.publishUsed()
+        inflight?.published(head, usedIndex: ring.nextUsed)
     }
 
     /// The dirty log while the frontend has logging on (VHOST_F_LOG_ALL), else nil.

@@ -54,7 +54,7 @@ final class ControlQueueWorker: @unchecked Sendable {
         repeat {
             while true {
                 let head: UInt16?
-                do { head = try vring.ring.popAvail() } catch {
+                do { head = try vring.pop() } catch {
                     Log.error("control queue: \(error); the ring is ignored until it is restarted")
                     self.vring = nil
                     return
@@ -72,14 +72,14 @@ final class ControlQueueWorker: @unchecked Sendable {
             try DescriptorChainWalker.walk(queue: vring.ring, head: head, memory: vring.memory, into: chain)
         } catch {
             Log.error("control queue: request \(head) refused: \(error)")
-            vring.ring.addUsed(head: head, length: 0)
+            vring.push(head: head, length: 0)
             return
         }
         var request = [UInt8](repeating: 0, count: VirtioSCSITMFRequest.byteCount)
         let readable = min(chain.readableBytes, request.count)
         guard readable >= 4 else {
             Log.error("control queue: request \(head) refused: no request type")
-            vring.ring.addUsed(head: head, length: 0)
+            vring.push(head: head, length: 0)
             return
         }
         _ = request.withUnsafeMutableBytes { chain.copyReadablePrefix(readable, to: $0.baseAddress!) }
@@ -88,7 +88,7 @@ final class ControlQueueWorker: @unchecked Sendable {
         case .taskManagement:
             guard readable >= VirtioSCSITMFRequest.byteCount, chain.writableBytes >= VirtioSCSITMFRequest.responseByteCount else {
                 Log.error("control queue: TMF request \(head) is too short")
-                vring.ring.addUsed(head: head, length: 0)
+                vring.push(head: head, length: 0)
                 return
             }
             let tmf = request.withUnsafeBytes { VirtioSCSITMFRequest($0) }
@@ -105,7 +105,7 @@ final class ControlQueueWorker: @unchecked Sendable {
                 guard let vring = self.vring else { return }
                 [response.rawValue].withUnsafeBytes { _ = chain.writeWritable(at: 0, from: $0) }
                 vring.logWrites(to: chain, headerBytes: 1)
-                vring.ring.addUsed(head: head, length: 1)
+                vring.push(head: head, length: 1)
                 vring.publishUsedAndNotify()
                 if let drained, outstanding == 0 {
                     self.drained = nil
@@ -117,17 +117,17 @@ final class ControlQueueWorker: @unchecked Sendable {
             guard readable >= VirtioSCSIANRequest.byteCount,
                   chain.writableBytes >= VirtioSCSIANRequest.responseByteCount else {
                 Log.error("control queue: AN request \(head) is too short")
-                vring.ring.addUsed(head: head, length: 0)
+                vring.push(head: head, length: 0)
                 return
             }
             // No asynchronous notification classes are supported: event_actual 0, S_OK.
             let answer: [UInt8] = [0, 0, 0, 0, VirtioSCSIResponse.ok.rawValue]
             answer.withUnsafeBytes { _ = chain.writeWritable(at: 0, from: $0) }
             vring.logWrites(to: chain, headerBytes: answer.count)
-            vring.ring.addUsed(head: head, length: UInt32(answer.count))
+            vring.push(head: head, length: UInt32(answer.count))
         case nil:
             Log.error("control queue: request \(head) has unknown type \(type)")
-            vring.ring.addUsed(head: head, length: 0)
+            vring.push(head: head, length: 0)
         }
     }
 

@@ -32,7 +32,7 @@ final class EventQueueWorker: @unchecked Sendable {
             return
         }
         let head: UInt16?
-        do { head = try vring.ring.popAvail() } catch {
+        do { head = try vring.pop() } catch {
             Log.error("event queue: \(error)")
             eventsMissed = true
             return
@@ -47,7 +47,7 @@ final class EventQueueWorker: @unchecked Sendable {
             try DescriptorChainWalker.walk(queue: vring.ring, head: head, memory: vring.memory, into: chain)
         } catch {
             Log.error("event queue: buffer \(head) refused: \(error)")
-            vring.ring.addUsed(head: head, length: 0)
+            vring.push(head: head, length: 0)
             vring.publishUsedAndNotify()
             eventsMissed = true
             return
@@ -57,7 +57,7 @@ final class EventQueueWorker: @unchecked Sendable {
         let written = delivered.encoded().withUnsafeBytes { chain.writeWritable(at: 0, from: $0) }
         if written == VirtioSCSIEvent.byteCount { eventsMissed = false }
         vring.logWrites(to: chain, headerBytes: written)
-        vring.ring.addUsed(head: head, length: UInt32(written))
+        vring.push(head: head, length: UInt32(written))
         vring.publishUsedAndNotify()
     }
 }

@@ -96,7 +96,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
                 }
                 let head: UInt16?
                 do {
-                    head = try vring.ring.popAvail()
+                    head = try vring.pop()
                 } catch {
                     Log.error("ring \(vring.index): \(error); the ring is ignored until it is restarted")
                     self.vring = nil
@@ -265,7 +265,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     @inline(__always)
     private func finish(_ slot: RequestSlot, vring: Vring, usedLength: UInt32) {
-        vring.ring.addUsed(head: slot.head, length: usedLength)
+        vring.push(head: slot.head, length: usedLength)
         slot.backend = -1
         freeSlots.append(slot.token)
     }
