@@ -15,15 +15,25 @@ final class EventQueueWorker: @unchecked Sendable {
 
     init(queue: DispatchQueue) { self.queue = queue }
 
-    func start(_ vring: Vring) { self.vring = vring }
+    func start(_ vring: Vring) {
+        self.vring = vring
+        deliverMissedNotice()
+    }
 
     func stop(drained: @escaping @Sendable () -> Void) {
         vring = nil
         drained()  // nothing is ever in flight on this queue
     }
 
-    /// Buffers are kept, not consumed, on a kick.
-    func kick() {}
+    /// Buffers are kept, not consumed, on a kick, unless events were dropped for lack of
+    /// them: then the driver is told at once, with VIRTIO_SCSI_T_NO_EVENT |
+    /// VIRTIO_SCSI_T_EVENTS_MISSED, so it rescans (virtio v1.2 §5.6.6.3.1).
+    func kick() { deliverMissedNotice() }
+
+    private func deliverMissedNotice() {
+        guard eventsMissed, let vring, ((try? vring.ring.pendingCount()) ?? 0) > 0 else { return }
+        post(VirtioSCSIEvent(event: VirtioSCSIEvent.noEvent, address: VirtioSCSIAddress(target: 0, lun: 0), reason: 0))
+    }
 
     /// Reports `event` in the next buffer the driver provided.
     func post(_ event: VirtioSCSIEvent) {
