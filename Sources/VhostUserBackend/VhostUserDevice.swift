@@ -30,6 +30,10 @@ public protocol VhostUserDevice: AnyObject, Sendable {
     /// now on nothing may touch this ring or signal the guest for it. Requests still in
     /// flight should be aborted; their completions are dropped.
     func abandon(_ vring: Vring)
+
+    /// The frontend's connection is closed and every ring is stopped: release what was
+    /// held for it (the SCSI device logs out of its targets).
+    func frontendDisconnected()
 }
 
 /// A started ring, handed to the device. Confined to the device's queue for this ring.

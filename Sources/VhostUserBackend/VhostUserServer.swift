@@ -78,6 +78,7 @@ public final class VhostUserServer: @unchecked Sendable {
         let newConnection = FrontendConnection(fd: fd, device: device, controlQueue: controlQueue, options: options) {
             [weak self] in
             self?.connection = nil
+            self?.device.frontendDisconnected()
             Log.info("connection \(number) cleaned up; waiting for the next frontend")
         }
         connection = newConnection

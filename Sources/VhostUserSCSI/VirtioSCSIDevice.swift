@@ -77,7 +77,14 @@ public final class VirtioSCSIDevice: VhostUserDevice {
         events.queue.async { [events] in events.post(event) }
     }
 
-    /// Logs out of every iSCSI session (after the frontend connection is closed).
+    /// After a migration the source's rings are stopped and QEMU closes the connection: log
+    /// out, so the target sees only the destination's I_T nexus. The next frontend's rings
+    /// log in again when they start.
+    public func frontendDisconnected() {
+        closeSessions()
+    }
+
+    /// Logs out of every iSCSI session.
     public func closeSessions() {
         for worker in requests { worker.queue.sync { worker.closeSessions() } }
     }
