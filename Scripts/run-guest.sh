@@ -17,6 +17,8 @@
 #   --timeout SECONDS      kill the guest after this long (default 900)
 #   --qemu PATH            QEMU binary (default qemu-system-x86_64)
 #   --qemu-arg ARG         one extra QEMU argument (repeatable)
+#   --reconnect-ms MS      with --vhost-user: QEMU reconnects to a backend that went away
+#                          (QEMU 8.2 or later; use Scripts/qemu10.sh's QEMU)
 #   --accel auto|tcg|kvm   auto (default) uses KVM only when the CPU has vmx/svm and the
 #                          software kvm_pvm module is not loaded, else TCG
 #   --smp N, --memory MB   vCPUs (default 2) and RAM in MiB (default 1024)
@@ -26,6 +28,9 @@
 #                          (repeatable; adds host_target_N results)
 #   --no-inquiry-compare   with --expect-target, compare only size and block size (QEMU's
 #                          scsi-hd answers INQUIRY itself: vendor QEMU)
+#   --qmp SOCKET           also give QEMU a QMP server on the Unix socket SOCKET
+#   --incoming URI         start QEMU as a live-migration destination (-incoming URI, e.g.
+#                          tcp:127.0.0.1:4444); the guest then continues where the source was
 #   --quiet                do not stream the serial console while the guest runs
 #   --dry-run              print the QEMU command line and exit
 # Exit status: 0 when the guest printed VUS-DONE with fail=0 and no VUS-RESULT ... FAIL line
@@ -49,6 +54,7 @@ ACCEL=auto
 SMP=2
 MEM=1024
 NUMQ=2
+RECONNECT_MS=
 BUILTIN_DEV=scsi-hd
 QUIET=0
 DRYRUN=0
@@ -57,6 +63,8 @@ VHOST=()
 ISCSI=()
 EXPECT=()
 QEXTRA=()
+QMP=""
+INCOMING=""
 
 need() { (($# >= 2)) || die "$1 needs a value"; }
 while (($#)); do
@@ -72,11 +80,14 @@ while (($#)); do
         --timeout) need "$@"; TIMEOUT=$2; shift 2 ;;
         --qemu) need "$@"; QEMU=$2; shift 2 ;;
         --qemu-arg) need "$@"; QEXTRA+=("$2"); shift 2 ;;
+        --reconnect-ms) need "$@"; RECONNECT_MS=$2; shift 2 ;;
         --accel) need "$@"; ACCEL=$2; shift 2 ;;
         --smp) need "$@"; SMP=$2; shift 2 ;;
         --memory) need "$@"; MEM=$2; shift 2 ;;
         --expect-target) need "$@"; EXPECT+=("$2"); shift 2 ;;
         --no-inquiry-compare) INQ_COMPARE=0; shift ;;
+        --qmp) need "$@"; QMP=$2; shift 2 ;;
+        --incoming) need "$@"; INCOMING=$2; shift 2 ;;
         --quiet) QUIET=1; shift ;;
         --dry-run) DRYRUN=1; shift ;;
         -h | --help) usage 0 ;;
@@ -144,7 +155,7 @@ fi
 if ((${#VHOST[@]})); then
     ARGS+=(-object "memory-backend-memfd,id=mem,size=${MEM}M,share=on" -numa "node,memdev=mem")
     for i in "${!VHOST[@]}"; do
-        ARGS+=(-chardev "socket,id=vus$i,path=${VHOST[$i]}"
+        ARGS+=(-chardev "socket,id=vus$i,path=${VHOST[$i]}${RECONNECT_MS:+,reconnect-ms=$RECONNECT_MS}"
             -device "vhost-user-scsi-pci,id=vscsi$i,chardev=vus$i,num_queues=$NUMQ")
     done
 fi
@@ -155,6 +166,8 @@ if ((${#ISCSI[@]})); then
             -device "$BUILTIN_DEV,drive=d$i,bus=scsi0.0")
     done
 fi
+[[ -n $QMP ]] && ARGS+=(-qmp "unix:$QMP,server=on,wait=off")
+[[ -n $INCOMING ]] && ARGS+=(-incoming "$INCOMING")
 ARGS+=("${QEXTRA[@]}")
 
 say "accel=$ACCEL smp=$SMP memory=${MEM}M workload=$WORKLOAD log=$LOG"

@@ -324,6 +324,16 @@ final class FrontendConnection: @unchecked Sendable {
         case .setVringCall:
             let (slot, fd) = try ringFD(message, request)
             slot.notifier.replace(fd: fd ?? -1)
+            if fd != nil, let vring = slot.running {
+                // Interrupts sent to the previous fd may be lost: QEMU first gives its masked
+                // notifier and the guest's own only after the ring is enabled (seen after a
+                // reconnect, with requests resubmitted at once). With EVENT_IDX a lost
+                // interrupt is a hung guest, so interrupt once more; a spurious one is harmless.
+                vring.queue.async {
+                    vring.ring.resetSignalled()
+                    vring.notifier.signal()
+                }
+            }
             return nil
         case .setVringErr:
             let (_, fd) = try ringFD(message, request)
