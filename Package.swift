@@ -8,6 +8,7 @@ let package = Package(
     name: "vhost-user-scsi",
     products: [
         .executable(name: "vhost-user-scsi", targets: ["vhost-user-scsi"]),
+        .executable(name: "vhost-user-scsi-bench", targets: ["vhost-user-scsi-bench"]),
     ],
     targets: [
         // C: CMSG_* wrappers, eventfd, memfd and memory fences that Swift's Glibc module lacks.
@@ -28,9 +29,24 @@ let package = Package(
         .target(name: "VhostUserSCSI", dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog"]),
         .executableTarget(name: "vhost-user-scsi", dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog"]),
 
+        // The driver side of vhost-user and virtio (a frontend and a guest driver in one
+        // process): used by the load generator and by the tests.
+        .target(name: "VhostUserDriver",
+                dependencies: ["VirtioCore", "VhostUserProtocol", "VhostUserBackend", "CVhostShims"]),
+        // Load generator for any vhost-user-scsi backend (Docs/BENCHMARKS.md).
+        .executableTarget(name: "vhost-user-scsi-bench",
+                          dependencies: ["VhostUserDriver", "VirtioSCSI", "SCSICore", "ServerLog"]),
+
+        // Fuzz entry points (pure functions over bytes); libFuzzer drivers in Fuzz/, corpus
+        // replayed by FuzzCorpusTests.
+        .target(name: "FuzzTargets",
+                dependencies: ["VhostUserProtocol", "VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserSCSI",
+                               "VhostUserBackend", "CVhostShims"]),
+
         // Test-only helpers shared by every test target.
         .target(name: "VirtioTestSupport",
-                dependencies: ["VirtioCore", "VhostUserProtocol", "VhostUserBackend", "SCSICore", "CVhostShims"]),
+                dependencies: ["VirtioCore", "VhostUserProtocol", "VhostUserBackend", "SCSICore", "CVhostShims",
+                               "VhostUserDriver"]),
 
         .testTarget(name: "VirtioCoreTests", dependencies: ["VirtioCore", "VirtioTestSupport"]),
         .testTarget(name: "VhostUserProtocolTests", dependencies: ["VhostUserProtocol"]),
@@ -38,5 +54,6 @@ let package = Package(
         .testTarget(name: "VhostUserSCSITests",
                     dependencies: ["VhostUserSCSI", "VhostUserBackend", "VirtioTestSupport", "SCSICore", "VirtioSCSI"]),
         .testTarget(name: "ISCSIInitiatorTests", dependencies: ["ISCSIInitiator", "SCSICore"]),
+        .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
     ]
 )
