@@ -82,6 +82,17 @@ public final class VhostUserFrontend {
         }
     }
 
+    /// Reads one reply and keeps the fds that come with it (GET_INFLIGHT_FD's region): the
+    /// caller owns them.
+    public func receiveWithFileDescriptors() throws -> ReceivedMessage {
+        guard let channel else { throw Error.disconnected }
+        do {
+            return try channel.receive()
+        } catch MessageChannel.ReceiveError.closed {
+            throw Error.disconnected
+        }
+    }
+
     /// Reads one reply; fds that come with it are closed.
     public func receive() throws -> ReceivedMessage {
         guard let channel else { throw Error.disconnected }
