@@ -51,13 +51,15 @@ private func fuzzControlQueueExclusive(_ data: [UInt8]) {
     let controlUsed = initialUsedIndex(control, memory)
     let controlRing = harness.start(vring: 0, placement: control, memory: memory, nextAvail: controlAvail, features: features)
     harness.quiesce()
-    if let (taken, used, broken) = harness.stop(controlRing, usedBefore: controlUsed, availBefore: controlAvail) {
+    if let (taken, used, broken) = harness.stop(controlRing, usedBefore: controlUsed, availBefore: controlAvail,
+                                                    availRing: memory.regions[0].base + control.availOffset) {
         precondition(used == taken || (broken && used < taken), "control queue: \(taken) requests taken, \(used) answered")
     }
     if let requestRing {
         harness.releaseHeld()
         harness.quiesce()
-        if let (taken, used, broken) = harness.stop(requestRing, usedBefore: requestUsed, availBefore: requestAvail) {
+        if let (taken, used, broken) = harness.stop(requestRing, usedBefore: requestUsed, availBefore: requestAvail,
+                                                        availRing: memory.regions[0].base + requests.availOffset) {
             precondition(used == taken || (broken && used < taken), "request queue: \(taken) requests taken, \(used) answered")
         }
     }

@@ -45,7 +45,8 @@ private func fuzzSCSIRequestExclusive(_ data: [UInt8]) {
     let usedBefore = initialUsedIndex(placement, memory)
     let vring = harness.start(vring: 2, placement: placement, memory: memory, nextAvail: nextAvail, features: features)
     harness.quiesce()
-    guard let (taken, used, broken) = harness.stop(vring, usedBefore: usedBefore, availBefore: nextAvail) else { return }
+    guard let (taken, used, broken) = harness.stop(vring, usedBefore: usedBefore, availBefore: nextAvail,
+                                                     availRing: memory.regions[0].base + placement.availOffset) else { return }
     precondition(used == taken || (broken && used < taken), "\(taken) requests taken, \(used) answered")
     precondition(taken <= Int(size) + 1, "\(taken) requests taken from a ring of \(size) in one kick")
 }

@@ -12,8 +12,14 @@ public enum FuzzSeeds {
 
     /// Target name -> seed name -> bytes.
     public static func all() -> [String: [String: [UInt8]]] {
-        ["message-decoder": messages(), "descriptor-chain": chains(), "scsi-request": requests(),
-         "control-queue": controls(), "frontend-connection": connections()]
+        // Guest memory images end in zeros, which the entry points supply themselves.
+        func trimmed(_ seeds: [String: [UInt8]]) -> [String: [UInt8]] { seeds.mapValues(trimmingZeros) }
+        return ["message-decoder": messages(), "descriptor-chain": trimmed(chains()), "scsi-request": trimmed(requests()),
+                "control-queue": trimmed(controls()), "frontend-connection": connections()]
+    }
+
+    static func trimmingZeros(_ bytes: [UInt8]) -> [UInt8] {
+        Array(bytes[..<((bytes.lastIndex { $0 != 0 } ?? -1) + 1)])
     }
 
     /// Runs `bytes` through the named target's entry point.
@@ -334,7 +340,7 @@ public enum FuzzSeeds {
         }
         start += msg(0, r.setVringEnable, flags: ack, VringState(index: 0, num: 1).encoded())
         start += msg(0x40, r.setVringEnable, flags: ack, VringState(index: 2, num: 1).encoded())  // and kick
-        let memory = image.bytes
+        let memory = trimmingZeros(image.bytes)
         let prefix = [UInt8(memory.count & 0xFF), UInt8(memory.count >> 8)] + memory
         return [
             "negotiate": [0, 0] + negotiate,

@@ -20,6 +20,8 @@ final class ControlQueueWorker: @unchecked Sendable {
     private var drained: (@Sendable () -> Void)?
     /// Bumped on every start and abandon: a TMF answers only the ring it came from.
     private var generation = 0
+    /// See RequestQueueWorker.broken.
+    private var broken = false
 
     init(queue: DispatchQueue, lunMap: LUNMap, requestWorkers: [RequestQueueWorker]) {
         self.queue = queue
@@ -31,6 +33,7 @@ final class ControlQueueWorker: @unchecked Sendable {
         self.vring = vring
         drained = nil
         generation &+= 1
+        broken = false
     }
 
     func stop(drained: @escaping @Sendable () -> Void) {
@@ -50,20 +53,20 @@ final class ControlQueueWorker: @unchecked Sendable {
     }
 
     func kick() {
-        guard let vring, drained == nil else { return }
+        guard let vring, drained == nil, !broken else { return }
+        defer { vring.publishUsedAndNotify() }
         repeat {
             while true {
                 let head: UInt16?
                 do { head = try vring.pop() } catch {
                     Log.error("control queue: \(error); the ring is ignored until it is restarted")
-                    self.vring = nil
+                    broken = true
                     return
                 }
                 guard let head else { break }
                 handle(head, vring: vring)
             }
         } while vring.enableKicks()
-        vring.publishUsedAndNotify()
     }
 
     private func handle(_ head: UInt16, vring: Vring) {
@@ -100,6 +103,13 @@ final class ControlQueueWorker: @unchecked Sendable {
                 _ = memory
                 guard startedIn == generation else { return }
                 outstanding -= 1
+                defer {
+                    if let drained, outstanding == 0 {
+                        self.drained = nil
+                        self.vring = nil
+                        drained()
+                    }
+                }
                 Log.info("control queue: TMF \(VirtioSCSITMFSubtype(rawValue: tmf.subtype).map { "\($0)" } ?? "\(tmf.subtype)") "
                          + "on \(tmf.address?.description ?? "?") answered \(response)")
                 guard let vring = self.vring else { return }
@@ -107,11 +117,6 @@ final class ControlQueueWorker: @unchecked Sendable {
                 vring.logWrites(to: chain, headerBytes: 1)
                 vring.push(head: head, length: 1)
                 vring.publishUsedAndNotify()
-                if let drained, outstanding == 0 {
-                    self.drained = nil
-                    self.vring = nil
-                    drained()
-                }
             }
         case .asyncNotificationQuery, .asyncNotificationSubscribe:
             guard readable >= VirtioSCSIANRequest.byteCount,

@@ -23,6 +23,9 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     private var freeSlots: [Int] = []
     private var inFlight = 0
     private var starved = false
+    /// The guest broke the ring (avail index out of range, head out of range): nothing more is
+    /// taken from it until it restarts; requests already taken still complete and drain.
+    private var broken = false
     private var drained: (@Sendable () -> Void)?
     /// Bumped on every start and abandon, so a completion of an older ring never touches
     /// the current one.
@@ -50,6 +53,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         freeSlots = slots[0..<wanted].filter { $0.backend < 0 }.map(\.token).reversed()
         inFlight = 0
         starved = false
+        broken = false
         for backend in sessions.indices where sessions[backend] == nil {
             _ = session(for: backend)
         }
@@ -86,8 +90,12 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     // MARK: - Requests
 
     func kick() {
-        guard let vring, drained == nil else { return }
+        guard let vring, drained == nil, !broken else { return }
         var pushedNow = false
+        defer {
+            for case let session? in sessions { session.flush() }
+            if pushedNow { vring.publishUsedAndNotify() }
+        }
         outer: while true {
             while true {
                 guard let slotIndex = freeSlots.last else {
@@ -99,7 +107,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
                     head = try vring.pop()
                 } catch {
                     Log.error("ring \(vring.index): \(error); the ring is ignored until it is restarted")
-                    self.vring = nil
+                    broken = true
                     return
                 }
                 guard let head else { break }
@@ -110,8 +118,6 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             }
             if !vring.enableKicks() { break }
         }
-        for case let session? in sessions { session.flush() }
-        if pushedNow { vring.publishUsedAndNotify() }
     }
 
     /// Starts the request at `head`. Returns false when it was answered at once (pushed to
