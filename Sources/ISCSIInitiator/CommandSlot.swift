@@ -16,6 +16,9 @@ struct CommandSlot {
         case inFlight
         /// Completed by the session itself on a later turn of the queue (see `LocalResult`).
         case localCompletion
+        /// Waiting for a reconnect: the task is in no libiscsi queue; it is sent again after
+        /// the next login, or failed when the outage lasts too long.
+        case held
     }
 
     /// What a `.localCompletion` slot completes with.
@@ -42,6 +45,10 @@ struct CommandSlot {
     /// `SCSI_STATUS_CANCELLED` callback reports. A cancel libiscsi makes on its own (it gave up
     /// reconnecting) leaves it nil and reports `.transportFailure`.
     var cancelOutcome: SCSITransportOutcome?
+    /// Submission order, so held commands are sent again in the order they came.
+    var sequence: UInt64 = 0
+    /// When the command was (last) sent, in the session's coarse clock (seconds).
+    var sentAt: Double = 0
 
     init(owner: Unmanaged<ISCSISession>, token: Int) {
         self.owner = owner

@@ -13,7 +13,7 @@ enum LibISCSIStatus {
 
 /// The completion callback of every command: `privateData` is the command's `CommandSlot`.
 /// `commandData` is the task, or NULL in some cancel paths: the slot's task is what counts.
-private let commandCompletionCallback: iscsi_command_cb = { _, status, commandData, privateData in
+let commandCompletionCallback: iscsi_command_cb = { _, status, commandData, privateData in
     guard let privateData else { return }
     // SAFETY: privateData is the address of a slot of a live session (set by `submit`; the
     // session destroys its context, ending all callbacks, before it frees its slots).
@@ -33,7 +33,10 @@ extension ISCSISession {
     /// Queues `command` under `token` (`0..<maxOutstanding`, not outstanding). The buffers are
     /// handed to libiscsi as they are (zero copy) and must stay valid, with their iovec array,
     /// until the completion. Returns false only when the session is closed or libiscsi refused
-    /// the command (out of memory, not logged in); the sink is then not called.
+    /// the command (out of memory); the sink is then not called.
+    ///
+    /// During an outage (`ISCSIRecoveryPolicy`) the command is held and sent after the next
+    /// login; past the outage timeout it completes with `.transportFailure` on a later turn.
     ///
     /// A CDB longer than 16 bytes completes (on a later turn of the queue) with CHECK CONDITION,
     /// ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE, as a target without that command would.
@@ -42,10 +45,16 @@ extension ISCSISession {
         precondition(token >= 0 && token < maxOutstanding, "token \(token) out of 0..<\(maxOutstanding)")
         let slot = slots + token
         precondition(slot.pointee.state == .idle, "token \(token) is already outstanding")
-        guard let ctx = context, !closed else { return false }
+        guard !closed else { return false }
         slot.pointee.generation &+= 1
         slot.pointee.lun = command.lun
         slot.pointee.cancelOutcome = nil
+        submitSequence &+= 1
+        slot.pointee.sequence = submitSequence
+        if failingCommands {
+            completeLater(slot, .transportFailure)
+            return true
+        }
 
         let cdbLength = command.cdb.count
         guard let cdb = command.cdb.baseAddress, cdbLength > 0, cdbLength <= Self.maximumCDBLength else {
@@ -88,8 +97,14 @@ extension ISCSISession {
         }
 
         slot.pointee.task = task
-        slot.pointee.state = .submitting
         outstandingCount += 1
+        guard linkUp, let ctx = context else {
+            // Reconnecting: sent after the login (`attemptSucceeded`).
+            slot.pointee.state = .held
+            return true
+        }
+        slot.pointee.state = .submitting
+        slot.pointee.sentAt = Self.monotonicNow()
         let rc = withLibiscsi {
             iscsi_scsi_command_async(ctx, Int32(command.lun), task, commandCompletionCallback, nil,
                                      UnsafeMutableRawPointer(slot))
@@ -125,13 +140,20 @@ extension ISCSISession {
             // Failed inside `iscsi_scsi_command_async`; `submit` decides what happens.
             slot.pointee.state = .localCompletion
             return
-        case .idle, .localCompletion:
-            // Already completed: completion is one-shot.
+        case .idle, .localCompletion, .held:
+            // Already completed (completion is one-shot), or held for a reconnect.
             return
         }
         guard let task = slot.pointee.task,
               commandData == nil || commandData == UnsafeMutableRawPointer(task)
         else { return }
+        if status == LibISCSIStatus.cancelled, slot.pointee.cancelOutcome == nil, !closed, !tearingDown {
+            // Not a cancel of ours: libiscsi gave the command back because the connection
+            // failed (or the session is dropping it). Hold it for the reconnect.
+            slot.pointee.state = .held
+            connectionLost("the connection failed")
+            return
+        }
         let token = slot.pointee.token
         let cancelOutcome = slot.pointee.cancelOutcome
         release(slot)
@@ -289,14 +311,60 @@ extension ISCSISession {
                     scsi_free_scsi_task(task)
                 }
             } else {
-                // A local completion not yet run: it ends now, with `outcome`.
+                // A local completion not yet run, or a command held for a reconnect: it ends
+                // now, with `outcome`. A held task is in no libiscsi queue; it must not be
+                // purged, since libiscsi cancels by ITT and the ITT is the old connection's.
+                let held = slot.pointee.state == .held
                 release(slot)
                 deliver(token: victim.token, SCSICompletion(outcome: outcome))
                 if let task {
-                    purge(task)
+                    if !held { purge(task) }
                     scsi_free_scsi_task(task)
                 }
             }
+        }
+    }
+
+    /// Sends a held command again on the new connection, as a new task with the old one's CDB,
+    /// direction, length and buffers (the old task carries the old connection's ITT and
+    /// transfer offsets).
+    func resend(_ slot: UnsafeMutablePointer<CommandSlot>, ctx: OpaquePointer, now: Double) {
+        guard slot.pointee.state == .held, let old = slot.pointee.task else { return }
+        var cdb = old.pointee.cdb
+        let task = withUnsafeMutableBytes(of: &cdb) { bytes in
+            scsi_create_task(old.pointee.cdb_size, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                             old.pointee.xfer_dir, old.pointee.expxferlen)
+        }
+        guard let task else {
+            Log.error("iscsi: out of memory re-creating a task for \(url)")
+            scsi_free_scsi_task(old)
+            slot.pointee.task = nil
+            completeLater(slot, .transportFailure)
+            return
+        }
+        if let iov = old.pointee.iovector_in.iov {
+            scsi_task_set_iov_in(task, iov, old.pointee.iovector_in.niov)
+        }
+        if let iov = old.pointee.iovector_out.iov {
+            scsi_task_set_iov_out(task, iov, old.pointee.iovector_out.niov)
+        }
+        scsi_free_scsi_task(old)
+        slot.pointee.task = task
+        slot.pointee.state = .submitting
+        slot.pointee.sentAt = now
+        let rc = withLibiscsi {
+            iscsi_scsi_command_async(ctx, Int32(slot.pointee.lun), task, commandCompletionCallback, nil,
+                                     UnsafeMutableRawPointer(slot))
+        }
+        if rc != 0 {
+            Log.warning("iscsi: \(url) refused a re-sent command: \(context.map(lastError) ?? "session closed")")
+            slot.pointee.task = nil
+            scsi_free_scsi_task(task)
+            completeLater(slot, .transportFailure)
+        } else if slot.pointee.state == .localCompletion {
+            completeLater(slot, .transportFailure)
+        } else if slot.pointee.state == .submitting {
+            slot.pointee.state = .inFlight
         }
     }
 

@@ -13,6 +13,23 @@ extension ISCSISession {
     /// synchronously. Returns the logged-in context or throws a one-line error.
     static func connect(url: ISCSIURL, initiatorName: String, isid: ISCSIISID,
                         loginTimeout: Int) throws(ISCSIError) -> OpaquePointer {
+        let ctx = try makeContext(url: url, initiatorName: initiatorName, isid: isid)
+        // Bounds the login PDUs; TCP SYN retries bound the connect (3 retries: about 15 s).
+        iscsi_set_timeout(ctx, Int32(clamping: loginTimeout))
+        iscsi_set_tcp_syncnt(ctx, 3)
+        if let reason = runLogin(ctx, url: url, timeout: loginTimeout) {
+            iscsi_destroy_context(ctx)
+            throw ISCSIError(.login, "cannot log in to \(url): \(explain(reason, url: url))")
+        }
+        // No timeout for commands: a slow target is not a dead one. A dead one is found by
+        // keep-alive and command silence (ISCSISession+Recovery.swift).
+        iscsi_set_timeout(ctx, 0)
+        return ctx
+    }
+
+    /// A context configured for a normal session to `url` with `isid`, not connected. libiscsi's
+    /// automatic reconnect is off: the session reconnects itself.
+    static func makeContext(url: ISCSIURL, initiatorName: String, isid: ISCSIISID) throws(ISCSIError) -> OpaquePointer {
         guard !initiatorName.isEmpty, let ctx = iscsi_create_context(initiatorName) else {
             throw ISCSIError(.contextCreation,
                              "cannot create an iSCSI context for initiator name '\(initiatorName)'")
@@ -33,17 +50,32 @@ extension ISCSISession {
                 throw fail("cannot set the CHAP credentials for")
             }
         }
-        // Bounds the login PDUs; TCP SYN retries bound the connect (3 retries: about 15 s).
-        iscsi_set_timeout(ctx, Int32(clamping: loginTimeout))
+        iscsi_set_noautoreconnect(ctx, 1)
         iscsi_set_tcp_syncnt(ctx, 3)
-        if let reason = runLogin(ctx, url: url, timeout: loginTimeout) {
-            iscsi_destroy_context(ctx)
-            throw ISCSIError(.login, "cannot log in to \(url): \(reason)")
-        }
-        // No timeout for commands: a slow target is not a dead one. A lost connection is
-        // noticed by TCP and libiscsi reconnects.
-        iscsi_set_timeout(ctx, 0)
         return ctx
+    }
+
+    /// libiscsi's login failure text with the likely cause named where libiscsi's own words are
+    /// cryptic.
+    static func explain(_ reason: String, url: ISCSIURL) -> String {
+        if reason.contains("Authentication failure") {
+            return url.user == nil
+                ? "\(reason): the target requires CHAP; give iscsi://USER%PASSWORD@... in the URL"
+                : "\(reason): the target refused the CHAP user and password in the URL"
+        }
+        if reason.contains("Target not found") {
+            return "\(reason): \(url.portal) has no target named \(url.target)"
+        }
+        if reason.contains("Authorization failure") || reason.contains("Initiator error") && reason.contains("(514)") {
+            return "\(reason): the target does not allow this initiator name"
+        }
+        if reason.contains("LOGICAL_UNIT_NOT_SUPPORTED") {
+            return "\(reason): the target has no LUN \(url.lun) (on tgt, LUN 0 is the controller and disks start at 1)"
+        }
+        if reason.contains("Connection refused") || reason.contains("errno:111") {
+            return "nothing listens on \(url.portal) (connection refused)"
+        }
+        return reason
     }
 
     /// Connects, logs in and checks the LUN (`iscsi_full_connect_async`), driving libiscsi with

@@ -67,22 +67,41 @@ extension ISCSISession {
     /// often submits the next command) and re-arms the sources.
     func service(_ revents: Int32) {
         guard let ctx = context, !closed else { return }
-        let rc = withLibiscsi { iscsi_service(ctx, revents) }
-        guard context != nil, !closed else { return }
-        if rc < 0 {
-            noteServiceError(ctx)
-        } else if revents & Int32(POLLOUT) == 0 && iscsi_which_events(ctx) & Int32(POLLOUT) != 0 {
-            // The socket is almost always writable: try now, the write source only if it is not.
-            _ = withLibiscsi { iscsi_service(ctx, Int32(POLLOUT)) }
-            guard context != nil, !closed else { return }
+        if let attempt, !attempt.connected, attempt.result == nil, let reason = connectFailure(ctx) {
+            // Read before libiscsi consumes it: libiscsi would report only that it cannot reconnect.
+            attempt.result = .failed(reason)
+            handleRecoveryEvents()
+            if context != nil { followSocket() }
+            return
         }
-        followSocket()
+        var rc = withLibiscsi { iscsi_service(ctx, revents) }
+        guard !closed else { return }
+        // Recovery may have replaced the context meanwhile (its sources follow below).
+        if context == ctx, rc >= 0, revents & Int32(POLLOUT) == 0, iscsi_which_events(ctx) & Int32(POLLOUT) != 0 {
+            // The socket is almost always writable: try now, the write source only if it is not.
+            rc = withLibiscsi { iscsi_service(ctx, Int32(POLLOUT)) }
+            guard !closed else { return }
+        }
+        if rc < 0, context == ctx { serviceFailed(ctx) }
+        if context != nil { followSocket() }
+    }
+
+    /// `iscsi_service` failed: the connection is lost, or a reconnect attempt failed.
+    func serviceFailed(_ ctx: OpaquePointer) {
+        let reason = failureReason(ctx)
+        if linkUp {
+            connectionLost(reason)
+        } else if let attempt, attempt.result == nil {
+            attempt.result = .failed(reason)
+            handleRecoveryEvents()
+        }
     }
 
     func timerFired() {
         let readEvents = readEventsSinceTick
         readEventsSinceTick = 0
         service(0)
+        recoveryTick(heard: readEvents > 0)
         guard let ctx = context, !closed, let current = events else { return }
         // Backstop for a reconnect that `followSocket` did not see.
         if socketInode(current.fd) != current.inode {
@@ -108,22 +127,11 @@ extension ISCSISession {
     func followSocket() {
         guard let ctx = context, !closed else { return }
         let fd = iscsi_get_fd(ctx)
-        let loggedIn = iscsi_is_logged_in(ctx) != 0
-        if loggedIn != wasLoggedIn {
-            if loggedIn {
-                Log.info("iscsi: logged in to \(url) again")
-                lastServiceError = nil
-            } else {
-                Log.warning("iscsi: connection to \(url) lost; libiscsi is reconnecting")
-            }
+        if linkUp, libiscsiDepth == 0, iscsi_is_logged_in(ctx) == 0 {
+            // Backstop: libiscsi dropped the login without failing a call.
+            connectionLost("logged out by libiscsi")
+            return
         }
-        // While (re)connecting, libiscsi may have closed its socket and opened a new one that
-        // got the same fd number: a source on the old one never fires again.
-        if !loggedIn || !wasLoggedIn, let current = events, current.fd == fd, socketInode(fd) != current.inode {
-            Log.info("iscsi: session to \(url) now on a new connection (fd \(fd) reused)")
-            removeSources()
-        }
-        wasLoggedIn = loggedIn
         // New sources wait until the old ones are fully cancelled: libdispatch unregisters a
         // cancelled source later, by fd number, and would take the new socket's registration
         // with it when libiscsi reused the number.
@@ -189,18 +197,37 @@ extension ISCSISession {
         if sourcesBeingCancelled == 0 { followSocket() }
     }
 
+    /// Why the connection of `ctx` failed, in words: the socket's error, the target closing it,
+    /// or libiscsi's message (whose last words after a failure are only that it cannot
+    /// reconnect, its automatic reconnect being off).
+    func failureReason(_ ctx: OpaquePointer) -> String {
+        if let error = socketError(ctx) { return error }
+        let fd = iscsi_get_fd(ctx)
+        if fd >= 0 {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN) | Int16(truncatingIfNeeded: 0x2000 /* POLLRDHUP */), revents: 0)
+            if poll(&pfd, 1, 0) > 0, pfd.revents & (Int16(POLLHUP) | Int16(truncatingIfNeeded: 0x2000)) != 0 {
+                return "the target closed the connection"
+            }
+        }
+        let text = lastError(ctx)
+        return text.contains("Can not reconnect") ? "the connection failed" : text
+    }
+
+    /// The error of a connect still in progress on `ctx`'s socket, if it failed.
+    func connectFailure(_ ctx: OpaquePointer) -> String? {
+        let fd = iscsi_get_fd(ctx)
+        guard fd >= 0 else { return nil }
+        var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        guard poll(&pfd, 1, 0) > 0, pfd.revents & (Int16(POLLERR) | Int16(POLLHUP)) != 0 else { return nil }
+        return "cannot connect: " + (socketError(ctx) ?? "connection failed")
+    }
+
     func socketInode(_ fd: Int32) -> UInt64 {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return 0 }
         return UInt64(st.st_ino)
     }
 
-    func noteServiceError(_ ctx: OpaquePointer) {
-        let message = lastError(ctx)
-        guard message != lastServiceError else { return }
-        lastServiceError = message
-        Log.warning("iscsi: connection to \(url) failed: \(message); libiscsi reconnects")
-    }
 }
 
 /// Closes a watched duplicate fd once both of its sources are cancelled. Only touched on the

@@ -46,6 +46,9 @@ extension ISCSISession {
         guard let ctx = context, !closed else {
             return .failure(ISCSIError(.closed, "\(name) on \(url): the session is closed"))
         }
+        guard linkUp else {
+            return .failure(ISCSIError(.command, "\(name) on \(url) failed: the target is unreachable"))
+        }
         let task = withLibiscsi { call(ctx) }
         // The sync call ran libiscsi's own event loop: the socket may have changed.
         followSocket()

@@ -60,13 +60,14 @@ extension ISCSISession {
     ///
     /// QUERY TASK and QUERY TASK SET are answered locally: `.functionSucceeded` when the
     /// command (any command on `lun`) is outstanding, else `.functionComplete`.
+    ///
+    /// During an outage nothing waits for the target: see `taskManagementDuringOutage`.
     public func taskManagement(_ function: SCSITaskManagementFunction, lun: UInt16,
                                reply: @escaping (SCSITaskManagementResponse) -> Void) {
-        guard let ctx = context, !closed else {
+        guard !closed else {
             replyLater(reply, .failed)
             return
         }
-        let code: iscsi_task_mgmt_funcs
         switch function {
         case .queryTask(let token):
             let outstanding = isOutstanding(token: token) && slots[token].lun == lun
@@ -76,6 +77,17 @@ extension ISCSISession {
             let any = outstandingCount > 0
                 && (0..<maxOutstanding).contains { slots[$0].state != .idle && slots[$0].lun == lun }
             replyLater(reply, any ? .functionSucceeded : .functionComplete)
+            return
+        default:
+            break
+        }
+        guard linkUp, let ctx = context else {
+            taskManagementDuringOutage(function, lun: lun, reply: reply)
+            return
+        }
+        let code: iscsi_task_mgmt_funcs
+        switch function {
+        case .queryTask, .queryTaskSet:
             return
         case .abortTask(let token):
             abortTask(token: token, lun: lun, ctx: ctx, reply: reply)
@@ -92,6 +104,30 @@ extension ISCSISession {
         // locally before the target has even answered.
         send(request) { ctx, requestPointer in
             iscsi_task_mgmt_async(ctx, targetLUN, code, 0xFFFF_FFFF, 0, taskManagementCallback, requestPointer)
+        }
+    }
+
+    /// The connection is down, so every command outstanding here is held by the session and
+    /// none is at the target (it ended the old connection's tasks). Aborts are carried out
+    /// locally and answered FUNCTION COMPLETE: the held commands they name complete
+    /// `.aborted` and are never sent. Resets cannot be delivered and are answered FAILED at
+    /// once, so a guest's error handling moves on instead of waiting for the target.
+    private func taskManagementDuringOutage(_ function: SCSITaskManagementFunction, lun: UInt16,
+                                            reply: @escaping (SCSITaskManagementResponse) -> Void) {
+        switch function {
+        case .abortTask(let token):
+            if isOutstanding(token: token), slots[token].lun == lun {
+                cancelOutstanding(outcome: .aborted) { $0.token == token }
+            }
+            replyLater(reply, .functionComplete)
+        case .abortTaskSet, .clearTaskSet:
+            cancelOutstanding(outcome: .aborted) { $0.lun == lun }
+            replyLater(reply, .functionComplete)
+        case .clearACA, .logicalUnitReset, .targetWarmReset:
+            Log.warning("iscsi: \(function) for LUN \(lun) answered FAILED: \(url) is unreachable")
+            replyLater(reply, .failed)
+        case .queryTask, .queryTaskSet:
+            replyLater(reply, .failed)
         }
     }
 

@@ -18,8 +18,9 @@ import ServerLog
 ///
 /// Events: a read source on libiscsi's socket, a write source armed only while libiscsi has
 /// queued output it could not write at once, and a 1 s timer that lets libiscsi run its
-/// timeouts and notice a lost connection. libiscsi reconnects by itself (and re-sends the
-/// commands that were in flight); the sources follow its socket when it changes.
+/// timeouts and drives keep-alive, outage and reconnect (`ISCSIRecoveryPolicy`). libiscsi's
+/// own automatic reconnect is off: the session reconnects itself (ISCSISession+Recovery.swift)
+/// and re-sends the commands that were in flight; the sources follow the new socket.
 ///
 /// Writing: `submit` queues PDUs; they are written when the current turn of the queue ends
 /// (the session schedules one flush per turn), or at once by `flush()`. A caller that submits
@@ -56,11 +57,36 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     /// reconnecting): freed when libiscsi calls them back or when the context is destroyed.
     var orphanedTasks: [UnsafeMutablePointer<scsi_task>] = []
     var pendingTaskManagement: [TaskManagementRequest] = []
-    /// The last `iscsi_service` error logged, so a dead target does not flood the log.
-    var lastServiceError: String?
-    /// `iscsi_is_logged_in` after the last service: a change means a reconnect began or ended.
-    var wasLoggedIn = true
     let onQueueKey = DispatchSpecificKey<UInt8>()
+
+    // MARK: Recovery state (ISCSISession+Recovery.swift)
+
+    /// How outages are detected and ridden out.
+    public let recovery: ISCSIRecoveryPolicy
+    /// Logged in on `context`. False during an outage, when `context` is nil or a reconnect
+    /// attempt's context that is not logged in yet.
+    var linkUp = true
+    /// The outage has lasted longer than `recovery.outageTimeout`: commands fail at once.
+    var failingCommands = false
+    /// When the current outage began (monotonic seconds).
+    var outageStart: Double = 0
+    /// A loss noticed inside a libiscsi call, handled when libiscsi has returned.
+    var lossPending: (reason: String, since: Double?)?
+    /// The reconnect attempt whose context is `context`, if one is running.
+    var attempt: ReconnectAttempt?
+    /// Attempts in this outage; bumps invalidate delayed attempt starts.
+    var attemptNumber = 0
+    var attemptGeneration: UInt64 = 0
+    /// For logging attempt failures once per reason (and then every 10 s).
+    var lastAttemptFailure: String?
+    var lastAttemptFailureLogged: Double = 0
+    /// Last time anything arrived from the target.
+    var lastHeard: Double
+    var nextKeepalive: Double
+    var submitSequence: UInt64 = 0
+    var outages = 0
+    var reconnects = 0
+    var lastOutageSeconds: Double?
 
     /// Connects and logs in synchronously (blocking the calling thread, at most about
     /// `loginTimeout` seconds plus TCP connect time), checking that `url.lun` answers.
@@ -71,9 +97,10 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     ///   - maxOutstanding: number of tokens (slots), `1...65536`.
     ///   - isid: defaults to `ISCSIISID.next()`, distinct for every session of the process.
     /// - Throws: `ISCSIError` whose description names the URL and libiscsi's reason.
+    ///   - recovery: keep-alive, reconnect and outage policy (`ISCSIRecoveryPolicy`).
     public init(url: ISCSIURL, initiatorName: String, queue: DispatchQueue,
                 maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
-                loginTimeout: Int = 15) throws(ISCSIError) {
+                loginTimeout: Int = 15, recovery: ISCSIRecoveryPolicy = .default) throws(ISCSIError) {
         precondition((1...65536).contains(maxOutstanding), "maxOutstanding must be 1...65536")
         precondition(Self.iovecLayoutMatches, "struct scsi_iovec does not match struct iovec")
         let isid = isid ?? ISCSIISID.next()
@@ -85,6 +112,10 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         self.maxOutstanding = maxOutstanding
         self.isid = isid
         self.context = context
+        self.recovery = recovery
+        let now = Self.monotonicNow()
+        self.lastHeard = now
+        self.nextKeepalive = now + recovery.keepaliveInterval
         self.slots = UnsafeMutablePointer<CommandSlot>.allocate(capacity: maxOutstanding)
         let owner = Unmanaged.passUnretained(self)
         for token in 0..<maxOutstanding {
@@ -123,10 +154,18 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
 
     /// Logs out and destroys the context. Runs once, outside any libiscsi call.
     func finishClose() {
-        guard let ctx = context, !tearingDown else { return }
+        guard !tearingDown else { return }
+        guard let ctx = context else {
+            // Closed during an outage, between reconnect attempts: nothing to log out of.
+            tearingDown = true
+            cancelOutstanding(outcome: .aborted) { _ in true }
+            answerPendingTaskManagement(.failed)
+            Log.info("iscsi: closed session to \(url)")
+            return
+        }
         tearingDown = true
         iscsi_set_noautoreconnect(ctx, 1)
-        if iscsi_is_logged_in(ctx) != 0 {
+        if linkUp, iscsi_is_logged_in(ctx) != 0 {
             // Only PDUs created from now on get this timeout: the logout below.
             iscsi_set_timeout(ctx, 5)
             libiscsiDepth += 1
@@ -143,13 +182,18 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         cancelOutstanding(outcome: .aborted) { _ in true }
         for task in orphanedTasks { scsi_free_scsi_task(task) }
         orphanedTasks.removeAll()
+        answerPendingTaskManagement(.failed)
+        Log.info("iscsi: closed session to \(url)")
+    }
+
+    /// Answers every task management function still waiting for the target.
+    func answerPendingTaskManagement(_ response: SCSITaskManagementResponse) {
         let unanswered = pendingTaskManagement
         pendingTaskManagement.removeAll()
         for request in unanswered where !request.answered {
             request.answered = true
-            request.reply(.failed)
+            request.reply(response)
         }
-        Log.info("iscsi: closed session to \(url)")
     }
 
     /// Runs libiscsi code that may call back into the session; finishes a `close()` made from
@@ -160,9 +204,13 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         libiscsiDepth += 1
         let result = body()
         libiscsiDepth -= 1
-        if libiscsiDepth == 0 && finishClosePending {
-            finishClosePending = false
-            finishClose()
+        if libiscsiDepth == 0 {
+            if finishClosePending {
+                finishClosePending = false
+                finishClose()
+            } else if lossPending != nil || attempt?.result != nil {
+                handleRecoveryEvents()
+            }
         }
         return result
     }
@@ -175,7 +223,7 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
 
     func lastError(_ ctx: OpaquePointer) -> String {
         guard let message = iscsi_get_error(ctx) else { return "unknown error" }
-        let text = String(cString: message)
+        let text = String(cString: message).split(whereSeparator: \.isNewline).joined(separator: " ")
         return text.isEmpty ? "unknown error" : text
     }
 }

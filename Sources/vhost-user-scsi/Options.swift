@@ -16,6 +16,15 @@ struct Options {
     var requestQueues = 4
     var logLevel = LogLevel.info
     var drainTimeoutSeconds = 30
+    /// Seconds a target outage is ridden out before I/O fails (ISCSIRecoveryPolicy.outageTimeout).
+    var targetTimeoutSeconds = 20
+    /// Seconds between keep-alive NOP-Outs; 0 disables (ISCSIRecoveryPolicy.keepaliveInterval).
+    var keepaliveSeconds = 5
+
+    /// The iSCSI sessions' outage policy from the options (Docs/OUTAGES.md).
+    var recoveryPolicy: ISCSIRecoveryPolicy {
+        ISCSIRecoveryPolicy(outageTimeout: Double(targetTimeoutSeconds), keepaliveInterval: Double(keepaliveSeconds))
+    }
 
     static let usage = """
     Usage: vhost-user-scsi --socket PATH --lun URL [--lun URL ...] [options]
@@ -35,6 +44,14 @@ struct Options {
       --num-queues N          Request queues offered to the VMM, 1-64 (default 4). QEMU's
                               num_queues must not exceed it.
       --drain-timeout SECONDS How long stopping a ring waits for in-flight I/O (default 30).
+      --target-timeout SECONDS
+                              How long a target outage (connection lost, target restarted or
+                              not answering) is ridden out: I/O waits and is re-sent after the
+                              reconnect, invisible to the guest. Past it, I/O fails to the guest
+                              (transport failure) until the target is back. 0-3600, default 20.
+      --keepalive SECONDS     Send an iSCSI NOP-Out every SECONDS while logged in; 3 unanswered
+                              ones mean the target is dead and the server reconnects. 0 disables
+                              (a waiting command still detects silence after 15 s). Default 5.
       --log-level LEVEL       trace, debug, info, warning or error (default info).
       --help                  Show this text.
 
@@ -96,6 +113,18 @@ struct Options {
                     throw UsageError(description: "--drain-timeout must be 1 to 3600 seconds, not '\(text)'")
                 }
                 options.drainTimeoutSeconds = n
+            case "--target-timeout":
+                let text = try next()
+                guard let n = Int(text), (0...3600).contains(n) else {
+                    throw UsageError(description: "--target-timeout must be 0 to 3600 seconds, not '\(text)'")
+                }
+                options.targetTimeoutSeconds = n
+            case "--keepalive":
+                let text = try next()
+                guard let n = Int(text), (0...3600).contains(n) else {
+                    throw UsageError(description: "--keepalive must be 0 (off) to 3600 seconds, not '\(text)'")
+                }
+                options.keepaliveSeconds = n
             case "--log-level":
                 let text = try next()
                 guard let level = LogLevel(name: text) else {

@@ -37,8 +37,10 @@ enum Server {
         let lunMap = LUNMap(options.luns.map { (address: $0.address, backendLUN: $0.url.lun) })
         let urls = options.luns.map(\.url)
         let initiatorName = options.initiatorName
+        let recovery = options.recoveryPolicy
         let device = VirtioSCSIDevice(lunMap: lunMap, requestQueues: options.requestQueues) { backend, queue, maxOutstanding in
-            try ISCSISession(url: urls[backend], initiatorName: initiatorName, queue: queue, maxOutstanding: maxOutstanding)
+            try ISCSISession(url: urls[backend], initiatorName: initiatorName, queue: queue, maxOutstanding: maxOutstanding,
+                             recovery: recovery)
         }
         let server = VhostUserServer(socketPath: options.socketPath, device: device,
                                      options: BackendOptions(drainTimeout: .seconds(options.drainTimeoutSeconds)))
@@ -47,7 +49,9 @@ enum Server {
         } catch {
             fail("\(error)", status: 1)
         }
-        Log.info("serving \(options.luns.count) LUN(s) on \(options.requestQueues) request queue(s) as \(options.initiatorName)")
+        Log.info("serving \(options.luns.count) LUN(s) on \(options.requestQueues) request queue(s) as \(options.initiatorName); "
+                 + "target outages ridden out for \(options.targetTimeoutSeconds) s, keep-alive "
+                 + (options.keepaliveSeconds == 0 ? "off" : "every \(options.keepaliveSeconds) s"))
         installSignalHandlers(server: server, device: device)
         dispatchMain()
     }
@@ -61,7 +65,14 @@ enum Server {
             guard inquiry.peripheralType & 0xE0 == 0 else {
                 throw ProbeError(description: "\(lun.url): no logical unit at LUN \(lun.url.lun) (peripheral qualifier \(inquiry.peripheralType >> 5))")
             }
-            let capacity = try session.readCapacity()
+            let capacity: (blocks: UInt64, blockSize: UInt32)
+            do {
+                capacity = try session.readCapacity()
+            } catch where inquiry.peripheralType & 0x1F != 0 {
+                throw ProbeError(description: "\(lun.url): LUN \(lun.url.lun) is not a disk (peripheral type "
+                                 + "0x\(String(inquiry.peripheralType & 0x1F, radix: 16)), \(inquiry.vendor) \(inquiry.product)); "
+                                 + "on tgt, LUN 0 is the controller and disks start at 1")
+            }
             let bytes = capacity.blocks * UInt64(capacity.blockSize)
             Log.info("guest \(lun.address) = \(lun.url): \(inquiry.vendor) \(inquiry.product), "
                      + "\(capacity.blocks) blocks of \(capacity.blockSize) bytes (\(bytes / 1_048_576) MiB)")

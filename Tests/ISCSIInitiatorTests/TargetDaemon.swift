@@ -12,7 +12,10 @@ final class TargetDaemon: @unchecked Sendable {
     let controlPort: Int
     let iqn: String
     let directory: URL
-    private let process: Process
+    private var process: Process
+    private let tgtdPath: String
+    /// CHAP user and password the target requires, if any.
+    private var chap: (user: String, password: String)?
 
     var url: String { "iscsi://127.0.0.1:\(portalPort)/\(iqn)/1" }
 
@@ -40,12 +43,13 @@ final class TargetDaemon: @unchecked Sendable {
         throw XCTSkip(why)
     }
 
-    init() throws {
+    /// `instance` tells apart several daemons of one test process (control port, IQN).
+    init(instance: Int = 0) throws {
         let tools = try Self.requireTools()
         let pid = Int(getpid())
-        controlPort = 20000 + pid % 10000
+        controlPort = instance == 0 ? 20000 + pid % 10000 : 10000 + (pid + instance) % 10000
         portalPort = try Self.freePort()
-        iqn = "iqn.2024-01.test.iscsiinitiator:pid\(pid)"
+        iqn = "iqn.2024-01.test.iscsiinitiator:pid\(pid)" + (instance == 0 ? "" : "-\(instance)")
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("iscsi-initiator-tests-\(pid)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -55,31 +59,77 @@ final class TargetDaemon: @unchecked Sendable {
         try handle.truncate(atOffset: UInt64(Self.diskBytes))
         try handle.close()
 
+        tgtdPath = tools.tgtd
+        tgtadmPath = tools.tgtadm
         process = Process()
-        process.executableURL = URL(fileURLWithPath: tools.tgtd)
+        try launch()
+    }
+
+    /// Starts tgtd and configures the target on the disk file (again, after `kill`).
+    func launch() throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: tgtdPath)
         process.arguments = ["-f", "--iscsi", "portal=127.0.0.1:\(portalPort)", "-C", "\(controlPort)"]
         let log = directory.appendingPathComponent("tgtd.log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        if !FileManager.default.fileExists(atPath: log.path) {
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        }
         let logHandle = try FileHandle(forWritingTo: log)
+        logHandle.seekToEndOfFile()
         process.standardOutput = logHandle
         process.standardError = logHandle
         try process.run()
+        do {
+            try configure()
+        } catch {
+            // Never leave a half-configured daemon behind.
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            throw error
+        }
+    }
 
-        tgtadmPath = tools.tgtadm
+    private func configure() throws {
+        let disk = directory.appendingPathComponent("disk.img")
         // tgtadm fails until tgtd listens on its control socket.
         try retry("tgtd control socket") {
             try tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn])
         }
         try tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", disk.path])
+        if let chap { try requireCHAP(user: chap.user, password: chap.password) }
         try tgtadm(["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"])
         try retry("portal 127.0.0.1:\(portalPort)") {
             guard Self.canConnect(port: portalPort) else { throw TestError("portal not listening") }
         }
     }
 
+    /// The daemon's process id (only for signals to this daemon, which the test started).
+    var pid: pid_t { process.processIdentifier }
+
+    /// Kills tgtd at once (the kernel resets its connections); the disk file stays for `launch`.
+    func kill() {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// SIGSTOP: the daemon stops answering without closing anything.
+    func pause() { Glibc.kill(process.processIdentifier, SIGSTOP) }
+
+    /// SIGCONT after `pause`.
+    func resume() { Glibc.kill(process.processIdentifier, SIGCONT) }
+
+    /// Makes the target require CHAP with this account (kept across `launch`).
+    func requireCHAP(user: String, password: String) throws {
+        chap = (user, password)
+        try tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "account", "--user", user, "--password", password])
+        try tgtadm(["--lld", "iscsi", "--op", "bind", "--mode", "account", "--tid", "1", "--user", user])
+    }
+
     private var tgtadmPath: String = ""
 
     func stop() {
+        if process.isRunning { resume() }
         _ = try? tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", "1"])
         _ = try? tgtadm(["--mode", "sys", "--op", "delete"])
         let deadline = Date().addingTimeInterval(10)
