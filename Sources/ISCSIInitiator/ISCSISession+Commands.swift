@@ -213,6 +213,8 @@ extension ISCSISession {
     func deliver(token: Int, _ completion: SCSICompletion) {
         if let sink = completionSink {
             sink.scsiCommandCompleted(token: token, completion)
+            // Inside `service` the batch ends when libiscsi returns; elsewhere it is this one.
+            if servicing { completedInBatch = true } else { sink.scsiCompletionBatchEnded() }
         } else {
             Log.warning("iscsi: no completion sink for token \(token) on \(url)")
         }

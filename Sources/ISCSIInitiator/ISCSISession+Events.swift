@@ -74,6 +74,14 @@ extension ISCSISession {
             if context != nil { followSocket() }
             return
         }
+        servicing = true
+        defer {
+            servicing = false
+            if completedInBatch {
+                completedInBatch = false
+                completionSink?.scsiCompletionBatchEnded()
+            }
+        }
         var rc = withLibiscsi { iscsi_service(ctx, revents) }
         guard !closed else { return }
         // Recovery may have replaced the context meanwhile (its sources follow below).

@@ -33,6 +33,11 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     public let isid: ISCSIISID
     /// Not retained: the owner of the session is usually its sink.
     public weak var completionSink: SCSICompletionSink?
+    /// Completions are delivered in batches, one per `iscsi_service` call.
+    public var deliversCompletionsInBatches: Bool { true }
+    /// True while `service` runs libiscsi; completions then wait for the batch end.
+    var servicing = false
+    var completedInBatch = false
 
     /// The libiscsi context; nil once closed.
     var context: OpaquePointer?

@@ -76,6 +76,15 @@ public struct SCSICompletion {
 public protocol SCSICompletionSink: AnyObject {
     /// `token` is the value passed to `submit`.
     func scsiCommandCompleted(token: Int, _ completion: SCSICompletion)
+
+    /// A session whose `deliversCompletionsInBatches` is true calls this after each batch of
+    /// completions (everything one read of its connection produced), so the sink can do its
+    /// per-batch work (interrupting the guest) once instead of per command.
+    func scsiCompletionBatchEnded()
+}
+
+extension SCSICompletionSink {
+    public func scsiCompletionBatchEnded() {}
 }
 
 /// Task management functions (SAM-5 §7), as carried by virtio-scsi's control queue.
@@ -118,9 +127,17 @@ public protocol SCSITargetSession: AnyObject {
     func taskManagement(_ function: SCSITaskManagementFunction, lun: UInt16,
                         reply: @escaping (SCSITaskManagementResponse) -> Void)
 
+    /// True when the session calls `scsiCompletionBatchEnded()` after every batch of
+    /// completions; false (the default) when each completion stands alone.
+    var deliversCompletionsInBatches: Bool { get }
+
     /// Whether a command with `token` is outstanding on this session.
     func isOutstanding(token: Int) -> Bool
 
     /// Cancels every outstanding command (each completes with `.aborted`) and logs out.
     func close()
+}
+
+extension SCSITargetSession {
+    public var deliversCompletionsInBatches: Bool { false }
 }

@@ -26,6 +26,8 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     /// The guest broke the ring (avail index out of range, head out of range): nothing more is
     /// taken from it until it restarts; requests already taken still complete and drain.
     private var broken = false
+    /// Completions pushed whose interrupt waits for the end of their session's batch.
+    private var notifyPending = false
     private var drained: (@Sendable () -> Void)?
     /// Bumped on every start and abandon, so a completion of an older ring never touches
     /// the current one.
@@ -60,6 +62,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     }
 
     func stop(drained: @escaping @Sendable () -> Void) {
+        scsiCompletionBatchEnded()
         if inFlight == 0 {
             vring = nil
             drained()
@@ -198,6 +201,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     func scsiCommandCompleted(token: Int, _ completion: SCSICompletion) {
         let slot = slots[token]
+        let backend = slot.backend
         slot.memory = nil
         guard slot.generation == generation, let vring else {
             // The ring was abandoned after a drain timeout: free the slot, touch nothing.
@@ -217,7 +221,13 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         let transferred = response == .ok ? slot.dataInLength - residual : 0
         respond(slot, vring: vring, response: response, status: completion.status.rawValue,
                 residual: UInt32(clamping: completion.residual), sense: completion.sense, dataIn: transferred)
-        vring.publishUsedAndNotify()
+        // One interrupt per batch of completions where the session batches them, but never
+        // one after the drain has been reported.
+        if drained == nil, sessions[backend]?.deliversCompletionsInBatches == true {
+            notifyPending = true
+        } else {
+            vring.publishUsedAndNotify()
+        }
         if let drained, inFlight == 0 {
             Log.info("ring \(vring.index): drained")
             self.drained = nil
@@ -227,6 +237,12 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             starved = false
             queue.async { [self] in kick() }
         }
+    }
+
+    func scsiCompletionBatchEnded() {
+        guard notifyPending else { return }
+        notifyPending = false
+        vring?.publishUsedAndNotify()
     }
 
     // MARK: - Answers
