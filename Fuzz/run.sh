@@ -10,9 +10,7 @@
 # saved under Fuzz/crashes/<target>/ (not committed) and the script exits 1.
 #
 # Environment: FUZZ_SCRATCH (build dir, default .build-fuzz-asan), FUZZ_JOBS_FLAGS (extra
-# libFuzzer flags), FUZZ_CORPUS_CAP (default 300), FUZZ_NO_CORPUS_UPDATE=1 (read-only corpus),
-# FUZZ_TOLERATE_KNOWN=1 (go on past the known ring-drain bug, see FuzzDevice.swift; use it
-# with FUZZ_NO_CORPUS_UPDATE=1 so no input that needs it enters the corpus).
+# libFuzzer flags), FUZZ_CORPUS_CAP (default 300), FUZZ_NO_CORPUS_UPDATE=1 (read-only corpus).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)

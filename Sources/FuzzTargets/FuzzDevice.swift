@@ -265,29 +265,15 @@ final class FuzzDeviceHarness: @unchecked Sendable {
         for session in sessions.all { session.queue.sync { session.releaseAll() } }
     }
 
-    /// Set FUZZ_TOLERATE_KNOWN=1 to go on past the known drain bug (a ring the guest broke
-    /// with commands in flight never drains; see HostileGuestTests) instead of crashing, so
-    /// a fuzzing run can look for other bugs. Off by default, and never set by the tests.
-    static let tolerateKnownDrainBug = getenv("FUZZ_TOLERATE_KNOWN").map { String(cString: $0) == "1" } ?? false
-
     /// Stops `vring` the way GET_VRING_BASE does and requires it to drain: once every
     /// command has completed (the device is quiet), every request taken from the ring must
-    /// have been answered and the drain reported. Returns (heads taken, used elements added),
-    /// or nil when the known drain bug was tolerated.
+    /// have been answered and the drain reported. Returns (heads taken, used elements added).
     func stop(_ vring: Vring, usedBefore: UInt16, availBefore: UInt16,
               availRing: UnsafeRawPointer) -> (taken: Int, used: Int, broken: Bool)? {
         let drained = DispatchSemaphore(value: 0)
         vring.queue.sync { device.stop(vring) { drained.signal() } }
         quiesce()
         if drained.wait(timeout: .now() + .seconds(1)) == .timedOut {
-            if Self.tolerateKnownDrainBug {
-                vring.queue.sync { device.abandon(vring) }
-                // Complete what the abandoned ring left with the sessions, so nothing of this
-                // input is delivered during the next one.
-                releaseHeld()
-                quiesce()
-                return nil
-            }
             preconditionFailure("vring \(vring.index) did not drain although every command completed "
                                 + "(GET_VRING_BASE would wait for the drain timeout)")
         }
