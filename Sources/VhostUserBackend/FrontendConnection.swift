@@ -380,7 +380,7 @@ final class FrontendConnection: @unchecked Sendable {
             } catch {
                 throw MessageError(description: "SET_LOG_BASE: \(error)", fatal: true)
             }
-            Log.info("vhost-user: dirty log of \(size) bytes (guest memory up to \(size * 8 * 4096 >> 20) MiB)")
+            Log.info("vhost-user: dirty log of \(size) bytes (guest memory up to \((size * 8 * 4096) >> 20) MiB)")
             updateLogging()
             // With LOG_SHMFD the frontend always waits for this reply (vhost-user spec).
             return u64(0)

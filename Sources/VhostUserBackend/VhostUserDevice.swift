@@ -1,5 +1,6 @@
 import Dispatch
 import Glibc
+import ServerLog
 import VirtioCore
 import VhostUserProtocol
 
@@ -149,7 +150,9 @@ public enum DebugSwitches {
     /// the migration test must catch.
     public static let skipDataInLogging: Bool = {
         #if DEBUG
-        return getenv("VUS_DEBUG_SKIP_DATA_IN_LOGGING").map { String(cString: $0) == "1" } ?? false
+        let on = getenv("VUS_DEBUG_SKIP_DATA_IN_LOGGING").map { String(cString: $0) == "1" } ?? false
+        if on { Log.warning("VUS_DEBUG_SKIP_DATA_IN_LOGGING=1: data-in buffers are NOT logged; migration will corrupt guests") }
+        return on
         #else
         return false
         #endif
