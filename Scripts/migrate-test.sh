@@ -20,6 +20,7 @@
 #   --memory MB            guest RAM (default 512)
 #   --cpu MODEL            QEMU -cpu for both sides (default: run-guest.sh's choice, under TCG
 #                          max,la57=off)
+#   --qemu-arg ARG         extra QEMU argument for both sides (repeatable)
 #   --server-arg ARG       extra server argument (repeatable)
 #   --server-env VAR=VAL   environment for the servers (repeatable), e.g.
 #                          VUS_DEBUG_SKIP_DATA_IN_LOGGING=1 (the test must then fail)
@@ -45,6 +46,7 @@ cpu=""
 work=""
 server_args=()
 server_env=()
+qemu_args=()
 need() { (($# >= 2)) || die "$1 needs a value"; }
 while (($#)); do
     case $1 in
@@ -55,6 +57,7 @@ while (($#)); do
         --bandwidth) need "$@"; bandwidth=$2; shift 2 ;;
         --memory) need "$@"; memory=$2; shift 2 ;;
         --cpu) need "$@"; cpu=$2; shift 2 ;;
+        --qemu-arg) need "$@"; qemu_args+=(--qemu-arg "$2"); shift 2 ;;
         --server-arg) need "$@"; server_args+=("$2"); shift 2 ;;
         --server-env) need "$@"; server_env+=("$2"); shift 2 ;;
         --work) need "$@"; work=$2; shift 2 ;;
@@ -144,6 +147,7 @@ start_qemu() { # N [INCOMING-URI]
         dev=(--vhost-user "$work/vus-$n.sock")
     fi
     [[ -n $cpu ]] && dev+=(--qemu-arg -cpu --qemu-arg "$cpu")
+    dev+=("${qemu_args[@]}")
     rm -f "$work/qmp-$n.sock"
     cmd=$("$here/run-guest.sh" --dry-run --qemu "$qemu" "${dev[@]}" --num-queues 2 --memory "$memory" \
         --workload migrate --append "vus.migrate_seconds=900 init_on_alloc=0" --log "$work/serial-$n.log" \

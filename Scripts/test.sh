@@ -5,9 +5,11 @@
 #                        the fuzz corpus replay, and the iSCSI initiator against a real tgtd
 #   end to end           Scripts/e2e.sh: a QEMU guest on the server, two LUNs, two queues
 #   reconnect            Scripts/reconnect-test.sh: SIGKILL the server under guest I/O (QEMU 10)
-#   migration            Scripts/migrate-test.sh: live migration back and forth with QEMU 7.2
-#                        and 10.0, with a slowed target, and the negative control (data-in
-#                        logging switched off in a debug build must make it fail)
+#   migration            Scripts/migrate-test.sh: live migration back and forth with QEMU 10.0,
+#                        with a slowed target, and the negative control (data-in logging
+#                        switched off in a debug build must make it fail); QEMU 7.2 runs too,
+#                        but does not gate: under TCG it corrupts guests on migration even
+#                        with its own built-in iSCSI path (Docs/MIGRATION.md)
 #   outages              Scripts/outage-test.sh: tgtd restarted and its port blocked under I/O
 #   fuzzing              Fuzz/run.sh with a fixed budget per target
 #   load generator       vhost-user-scsi-bench --verify against the server
@@ -25,6 +27,19 @@ logs=$(mktemp -d /tmp/vus-test.XXXXXX)
 suites_passed=0
 suites_failed=0
 failed_names=()
+
+informational=()
+run_informational() {  # like run_suite, but the result is reported, not counted
+    local name=$1
+    shift
+    local start=$SECONDS
+    echo "== $name (informational)" >&2
+    "$@" >"$logs/$name.log" 2>&1
+    local rc=$?
+    grep -E "PASS|FAIL|passed" "$logs/$name.log" | tail -40
+    informational+=("$name: $([ $rc = 0 ] && echo pass || echo "fail (exit $rc)")")
+    echo "== $name: exit $rc in $((SECONDS - start)) s (informational; log $logs/$name.log)" >&2
+}
 
 run_suite() {  # run_suite NAME COMMAND...
     local name=$1
@@ -61,17 +76,19 @@ swift build --product vhost-user-scsi 2>&1 | tail -1
 
 run_suite end-to-end "$here/e2e.sh" "$bin/vhost-user-scsi"
 run_suite reconnect "$here/reconnect-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10"
-run_suite migration-qemu7 "$here/migrate-test.sh" "$bin/vhost-user-scsi" --rounds 4
-run_suite migration-qemu10 "$here/migrate-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10" --rounds 2
-run_suite migration-slow-target "$here/migrate-test.sh" "$bin/vhost-user-scsi" --rounds 1 --slow-target
+run_suite migration-qemu10 "$here/migrate-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10" --rounds 3
+run_suite migration-qemu10-slow-target "$here/migrate-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10" \
+    --rounds 2 --slow-target
 # The test must catch the bug it exists for: without data-in logging, migration corrupts.
 run_suite migration-catches-missing-logging \
-    "$here/expect-failure.sh" "$here/migrate-test.sh" "$debug_bin" --rounds 2 \
+    "$here/expect-failure.sh" "$here/migrate-test.sh" "$debug_bin" --qemu "$qemu10" --rounds 2 \
     --server-env VUS_DEBUG_SKIP_DATA_IN_LOGGING=1
+run_informational migration-qemu7 "$here/migrate-test.sh" "$bin/vhost-user-scsi" --rounds 2
 run_suite outages "$here/outage-test.sh" "$bin/vhost-user-scsi"
 run_suite fuzzing env FUZZ_NO_CORPUS_UPDATE=1 "$root/Fuzz/run.sh" all "${VUS_FUZZ_SECONDS:-30}"
 run_suite load-generator-verify "$here/bench-verify.sh" "$bin"
 
+for line in "${informational[@]}"; do echo "== informational: $line" >&2; done
 echo "== suites that failed: ${failed_names[*]:-none}; logs in $logs" >&2
 echo "$suites_passed passed, $suites_failed failed"
 [ "$suites_failed" = 0 ]
