@@ -170,20 +170,63 @@ final class ControlQueueWorker: @unchecked Sendable {
         case .clearACA:
             forEachSession({ _ in .clearACA }, backend: backend, done: done)
         case .logicalUnitReset:
-            forEachSession({ _ in .logicalUnitReset }, backend: backend, done: done)
+            logicalUnitReset(backend: backend, done: done)
         case .itNexusReset:
             // iSCSI has no I_T nexus reset of its own; abort every task this initiator has on the LU.
             forEachSession({ _ in .abortTaskSet }, backend: backend, done: done)
         }
     }
 
+    /// A LUN reset resets the logical unit for every I_T nexus, so it is sent on one session
+    /// only: two resets of one LU at once on two sessions, with commands in flight, left tgt
+    /// answering only one of them and the guest's reset hanging. The other sessions then run
+    /// ABORT TASK SET, which completes locally whatever the reset aborted on their nexus (a
+    /// target need not report those) and answers at once when nothing is left.
+    private func logicalUnitReset(backend: Int, done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
+        resetOnFirstSession(from: 0, backend: backend) { [self] index, response in
+            guard let index else {
+                done(.functionComplete)  // no session to the LU yet: nothing to reset
+                return
+            }
+            let others = requestWorkers.enumerated().filter { $0.offset != index }.map(\.element)
+            guard response != .failed, !others.isEmpty else {
+                done(Self.combine([response]))
+                return
+            }
+            forEachSession({ _ in .abortTaskSet }, backend: backend, workers: others) { rest in
+                done(rest == .failure ? .failure : Self.combine([response]))
+            }
+        }
+    }
+
+    /// Sends LUN RESET on the first request queue (from `index` on) that has a session to
+    /// `backend`; `done` gets that queue's index (nil if none has one) and the answer, on `queue`.
+    private func resetOnFirstSession(from index: Int, backend: Int,
+                                     done: @escaping @Sendable (Int?, SCSITaskManagementResponse) -> Void) {
+        guard index < requestWorkers.count else {
+            queue.async { done(nil, .functionComplete) }
+            return
+        }
+        let worker = requestWorkers[index]
+        worker.queue.async { [self] in
+            worker.taskManagement(.logicalUnitReset, backend: backend) { response in
+                if let response {
+                    self.queue.async { done(index, response) }
+                } else {
+                    self.queue.async { self.resetOnFirstSession(from: index + 1, backend: backend, done: done) }
+                }
+            }
+        }
+    }
+
     /// Runs `function(worker)` on every request queue's session for `backend` (skipping
     /// those where it is nil) and combines the answers: the worst one wins.
     private func forEachSession(_ function: @escaping @Sendable (RequestQueueWorker) -> SCSITaskManagementFunction?,
-                                backend: Int, done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
+                                backend: Int, workers: [RequestQueueWorker]? = nil,
+                                done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
         let group = DispatchGroup()
         let results = ResultBox()
-        for worker in requestWorkers {
+        for worker in workers ?? requestWorkers {
             group.enter()
             worker.queue.async {
                 guard let tmf = function(worker) else {
