@@ -263,6 +263,7 @@ extension ISCSISession {
             if heard { lastHeard = now }
             checkKeepalive(now: now)
             if linkUp { checkCommandSilence(now: now) }
+            if linkUp { checkTaskManagementSilence(now: now) }
         } else {
             checkOutage(now: now)
             if let attempt, attempt.result == nil, now >= attempt.deadline {
@@ -284,6 +285,17 @@ extension ISCSISession {
             Log.debug("iscsi: cannot send a NOP-Out to \(url): \(context.map(lastError) ?? "session closed")")
         }
         scheduleFlush()
+    }
+
+    /// A target that keeps a task management function unanswered (tgt did, with two LUN
+    /// resets of one LU at once) would hang the guest's error handling: after the command
+    /// timeout the connection is given up, which ends the nexus's tasks at the target, and
+    /// the function is answered FAILED.
+    private func checkTaskManagementSilence(now: Double) {
+        guard recovery.commandTimeout > 0,
+              let oldest = pendingTaskManagement.filter({ !$0.answered }).map(\.sentAt).min(),
+              now - oldest > recovery.commandTimeout else { return }
+        declareDead("a task management function waited \(Self.seconds(now - oldest)) s for an answer", since: oldest)
     }
 
     private func checkCommandSilence(now: Double) {

@@ -14,6 +14,8 @@ final class TaskManagementRequest {
     let abortedToken: Int
     let abortedGeneration: UInt32
     var answered = false
+    /// When it was sent (monotonic seconds), so an unanswered one cannot hang the guest.
+    let sentAt = ISCSISession.monotonicNow()
 
     init(session: ISCSISession, function: SCSITaskManagementFunction, lun: UInt16,
          reply: @escaping (SCSITaskManagementResponse) -> Void,
