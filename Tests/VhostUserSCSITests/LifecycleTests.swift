@@ -286,4 +286,36 @@ import VirtioTestSupport
         #expect(Array(e[4..<8]) == [1, 0, 0x40, 3])
         #expect(Array(e[12..<16]) == [1, 0, 0, 0])
     }
+
+    /// An event with no buffer to carry it is dropped; the next buffer the driver gives is
+    /// answered at once with VIRTIO_SCSI_T_NO_EVENT | VIRTIO_SCSI_T_EVENTS_MISSED so the driver
+    /// rescans (virtio v1.2 §5.6.6.3.1), and the flag is cleared after that.
+    @Test func missedEventsAreReportedWhenABufferArrives() throws {
+        let h = try ServerHarness()
+        defer { h.stop() }
+        let g = try h.connectGuest()
+        let ring = g.rings[1]
+        h.device.post(VirtioSCSIEvent(event: VirtioSCSIEvent.transportReset, address: VirtioSCSIAddress(target: 0, lun: 0),
+                                      reason: 1))
+        // Let the device see that there was no buffer for it.
+        h.device.dispatchQueue(forVring: 1).sync {}
+        #expect(ring.usedIndex == 0)
+        let buffer = g.memory.allocate(16)
+        let head = ring.addChain([.writable(buffer, 16)])
+        ring.publish(head)
+        g.frontend.kick(1)
+        let used = try g.waitForUsed(queue: 1)
+        #expect(used == [UsedElement(id: UInt32(head), length: 16)])
+        let event = g.memory.read(buffer, count: 4)
+        #expect(event == [0, 0, 0, 0x80], "VIRTIO_SCSI_T_NO_EVENT | VIRTIO_SCSI_T_EVENTS_MISSED")
+        // Once reported, a later event is delivered without the flag.
+        let second = g.memory.allocate(16)
+        let head2 = ring.addChain([.writable(second, 16)])
+        ring.publish(head2)
+        g.frontend.kick(1)
+        h.device.post(VirtioSCSIEvent(event: VirtioSCSIEvent.paramChange, address: VirtioSCSIAddress(target: 0, lun: 0),
+                                      reason: 0))
+        _ = try g.waitForUsed(queue: 1)
+        #expect(g.memory.read(second, count: 4) == [3, 0, 0, 0])
+    }
 }
