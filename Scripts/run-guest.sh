@@ -10,7 +10,8 @@
 #   --builtin-device TYPE  scsi-hd (default: QEMU emulates the SCSI disk) or scsi-block
 #                          (QEMU passes the commands through to the LUN)
 #   --num-queues N         request queues of the virtio-scsi device(s) (default 2)
-#   --workload NAME        e2e (default), demo, fio or shell (interactive, serial on stdio)
+#   --workload NAME        e2e (default), demo, fio, migrate, outage or shell (interactive,
+#                          serial on stdio); see Docs/GUEST.md
 #   --append "ARGS"        extra kernel command line, e.g. "vus.expect_luns=2" (repeatable)
 #   --kernel DIR           where vmlinuz and initrd.img are (default guest/out)
 #   --log FILE             serial console log (default guest/out/logs/WORKLOAD-TIME.log)

@@ -26,6 +26,12 @@ public final class CallNotifier: Sendable {
         if deliver { signal() }
     }
 
+    /// Forgets a signal that found no fd. Called when the ring stops: a stopped ring must not
+    /// interrupt the guest later (vhost-user spec: a suspended device does not notify).
+    public func dropPending() {
+        state.withLock { $0.pending = false }
+    }
+
     /// Interrupts the guest (writes 1 to the eventfd).
     public func signal() {
         state.withLock { s in

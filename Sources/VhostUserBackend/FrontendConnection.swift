@@ -568,6 +568,7 @@ final class FrontendConnection: @unchecked Sendable {
                 vring.queue.sync { device.abandon(vring) }
             }
             slot.base = vring.queue.sync { vring.ring.nextAvail }
+            slot.notifier.dropPending()
             slot.running = nil
             slot.kickSource = nil
             Log.info("ring \(slot.index) stopped at avail index \(slot.base)")
