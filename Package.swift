@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "vhost-user-scsi", targets: ["vhost-user-scsi"]),
         .executable(name: "vhost-user-scsi-bench", targets: ["vhost-user-scsi-bench"]),
+        .executable(name: "vhost-user-scsi-microbench", targets: ["vhost-user-scsi-microbench"]),
     ],
     targets: [
         // C: CMSG_* wrappers, eventfd, memfd and memory fences that Swift's Glibc module lacks.
@@ -36,6 +37,12 @@ let package = Package(
         // Load generator for any vhost-user-scsi backend (Docs/BENCHMARKS.md).
         .executableTarget(name: "vhost-user-scsi-bench",
                           dependencies: ["VhostUserDriver", "VirtioSCSI", "SCSICore", "ServerLog"]),
+
+        // Micro-benchmarks of the ring and request path (ns and allocations per request);
+        // CMallocCounter interposes malloc in that executable only, to count allocations.
+        .target(name: "CMallocCounter"),
+        .executableTarget(name: "vhost-user-scsi-microbench",
+                          dependencies: ["CMallocCounter", "VhostUserDriver", "VirtioCore", "VirtioSCSI"]),
 
         // Fuzz entry points (pure functions over bytes); libFuzzer drivers in Fuzz/, corpus
         // replayed by FuzzCorpusTests.
