@@ -1,5 +1,4 @@
 #if DEBUG
-@testable import VhostUserSCSI  // the chain accessors of the request path (debug builds only)
 #endif
 import VirtioCore
 

@@ -77,8 +77,9 @@ public final class ChainSegmentBuffer: @unchecked Sendable {
         writableBytes = 0
     }
 
+    @inlinable
     public subscript(index: Int) -> ChainSegment {
-        @inline(__always) get { segments[index] }
+        segments[index]
     }
 }
 

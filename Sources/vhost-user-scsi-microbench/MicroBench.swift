@@ -44,6 +44,8 @@ enum MicroBench {
         return "\(whole)." + String(repeating: "0", count: max(digits - text.count, 0)) + text
     }
 
+    enum BenchError: Error { case shortChain }
+
     struct Result {
         var nanoseconds: Double
         var allocations: Double
@@ -73,11 +75,10 @@ enum MicroBench {
         let chain = ChainSegmentBuffer(capacity: 8)
         let headerCopy = UnsafeMutableRawPointer.allocate(byteCount: VirtioSCSICommandHeader.byteCount, alignment: 8)
         let responseBytes = UnsafeMutableRawBufferPointer.allocate(byteCount: VirtioSCSICommandResponse.byteCount, alignment: 8)
-        let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: 8)
+        let iovecs = IOVecBuffer(capacity: 8)
         defer {
             headerCopy.deallocate()
             responseBytes.deallocate()
-            iovecs.deallocate()
         }
         var ring = driver.ring
         var checksum = 0
@@ -87,27 +88,16 @@ enum MicroBench {
             ring.publishAvail()
             while let head = try device.popAvail() {
                 try DescriptorChainWalker.walk(queue: device, head: head, memory: guest, into: chain)
-                // Header: copy the readable prefix out of guest memory once.
-                var copied = 0
-                var i = 0
-                while copied < VirtioSCSICommandHeader.byteCount {
-                    let segment = chain[i]
-                    let n = min(segment.length, VirtioSCSICommandHeader.byteCount - copied)
-                    (headerCopy + copied).copyMemory(from: segment.base, byteCount: n)
-                    copied += n
-                    i += 1
+                // The request path's own accessors: header out, data-in iovecs, response in.
+                guard chain.copyReadablePrefix(VirtioSCSICommandHeader.byteCount, to: headerCopy) else {
+                    throw BenchError.shortChain
                 }
-                // Data-in iovecs after the response header.
-                var count = 0
-                for s in chain.readableCount..<chain.count where chain[s].length > 0 {
-                    iovecs[count] = iovec(iov_base: chain[s].base, iov_len: chain[s].length)
-                    count += 1
-                }
-                checksum &+= count + Int(headerCopy.load(fromByteOffset: 19, as: UInt8.self))
+                iovecs.reset()
+                chain.collect(writable: true, skipping: VirtioSCSICommandResponse.byteCount, into: iovecs)
+                checksum &+= iovecs.count + Int(headerCopy.load(fromByteOffset: 19, as: UInt8.self))
                 VirtioSCSICommandResponse.encode(response: .ok, status: 0, residual: 0,
                                                  sense: UnsafeRawBufferPointer(start: nil, count: 0), into: responseBytes)
-                chain[chain.readableCount].base.copyMemory(from: responseBytes.baseAddress!,
-                                                           byteCount: VirtioSCSICommandResponse.byteCount)
+                chain.writeWritable(at: 0, from: UnsafeRawBufferPointer(responseBytes))
                 device.addUsed(head: head, length: UInt32(VirtioSCSICommandResponse.byteCount + 4096))
                 device.publishUsed()
             }

@@ -1,45 +1,50 @@
 import Glibc
-import VirtioCore
 
 /// Reusable iovec storage for one request, handed to the SCSI target while the command is in
 /// flight (libiscsi rewrites the entries as it transfers, so it cannot be shared).
-final class IOVecBuffer {
-    private(set) var vectors: UnsafeMutablePointer<iovec>
-    private(set) var capacity: Int
-    private(set) var count = 0
+public final class IOVecBuffer {
+    @usableFromInline var storage: UnsafeMutablePointer<iovec>
+    @usableFromInline var storageCapacity: Int
+    @usableFromInline var used = 0
 
-    init(capacity: Int = 8) {
-        self.capacity = capacity
-        vectors = .allocate(capacity: capacity)
+    public init(capacity: Int = 8) {
+        storageCapacity = max(capacity, 1)
+        storage = .allocate(capacity: storageCapacity)
     }
 
-    deinit { vectors.deallocate() }
+    deinit { storage.deallocate() }
 
-    @inline(__always)
-    func reset() { count = 0 }
+    public var count: Int { used }
 
-    @inline(__always)
-    func append(base: UnsafeMutableRawPointer, length: Int) {
-        if count == capacity {
-            let bigger = UnsafeMutablePointer<iovec>.allocate(capacity: capacity * 2)
-            bigger.moveInitialize(from: vectors, count: count)
-            vectors.deallocate()
-            vectors = bigger
-            capacity *= 2
-        }
-        vectors[count] = iovec(iov_base: base, iov_len: length)
-        count += 1
+    @inlinable
+    public func reset() { used = 0 }
+
+    @inlinable
+    public func append(base: UnsafeMutableRawPointer, length: Int) {
+        if used == storageCapacity { grow() }
+        storage[used] = iovec(iov_base: base, iov_len: length)
+        used += 1
     }
 
-    var buffer: UnsafeMutableBufferPointer<iovec> { UnsafeMutableBufferPointer(start: vectors, count: count) }
+    @usableFromInline
+    func grow() {
+        let bigger = UnsafeMutablePointer<iovec>.allocate(capacity: storageCapacity * 2)
+        bigger.moveInitialize(from: storage, count: used)
+        storage.deallocate()
+        storage = bigger
+        storageCapacity *= 2
+    }
+
+    @inlinable
+    public var buffer: UnsafeMutableBufferPointer<iovec> { UnsafeMutableBufferPointer(start: storage, count: used) }
 }
 
 /// Byte-level access to a validated chain, with the request header and response header
 /// allowed to span descriptors (virtio v1.2 §2.7.4: the device must not assume a layout).
 extension ChainSegmentBuffer {
     /// Copies the first `count` device-readable bytes to `destination`. False if there are fewer.
-    @inline(__always)
-    func copyReadablePrefix(_ count: Int, to destination: UnsafeMutableRawPointer) -> Bool {
+    @inlinable
+    public func copyReadablePrefix(_ count: Int, to destination: UnsafeMutableRawPointer) -> Bool {
         guard readableBytes >= count else { return false }
         var copied = 0
         var i = 0
@@ -55,9 +60,9 @@ extension ChainSegmentBuffer {
 
     /// Writes `source` into the device-writable bytes starting `offset` bytes in. Returns the
     /// number of bytes written (less than `source.count` if the buffers end first).
-    @inline(__always)
+    @inlinable
     @discardableResult
-    func writeWritable(at offset: Int, from source: UnsafeRawBufferPointer) -> Int {
+    public func writeWritable(at offset: Int, from source: UnsafeRawBufferPointer) -> Int {
         var skip = offset
         var written = 0
         var i = readableCount
@@ -77,8 +82,8 @@ extension ChainSegmentBuffer {
     }
 
     /// Appends to `iovecs` the readable (or writable) bytes after the first `skip` of them.
-    @inline(__always)
-    func collect(writable: Bool, skipping skip: Int, into iovecs: IOVecBuffer) {
+    @inlinable
+    public func collect(writable: Bool, skipping skip: Int, into iovecs: IOVecBuffer) {
         var skip = skip
         let range = writable ? readableCount..<count : 0..<readableCount
         for i in range {
