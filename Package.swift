@@ -28,7 +28,10 @@ let package = Package(
         .target(name: "VhostUserBackend", dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog"]),
         .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog"]),
         .target(name: "VhostUserSCSI", dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog"]),
-        .executableTarget(name: "vhost-user-scsi", dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog"]),
+        // The JSON of the configuration file and the control socket, shared with the client.
+        .target(name: "ControlProtocol"),
+        .executableTarget(name: "vhost-user-scsi",
+                          dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog", "ControlProtocol"]),
 
         // The driver side of vhost-user and virtio (a frontend and a guest driver in one
         // process): used by the load generator and by the tests.

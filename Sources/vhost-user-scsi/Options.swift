@@ -1,48 +1,42 @@
 import Glibc
 import ISCSIInitiator
-import ServerLog
-import VirtioSCSI
 
-/// The command line, parsed and checked. Every problem is one line and exit code 2.
-struct Options {
-    struct LUN {
-        var address: VirtioSCSIAddress
-        var url: ISCSIURL
-    }
-
-    var socketPath = ""
-    var luns: [LUN] = []
-    var initiatorName = Options.defaultInitiatorName()
-    var requestQueues = 4
-    var logLevel = LogLevel.info
-    var drainTimeoutSeconds = 30
-    /// Seconds a target outage is ridden out before I/O fails (ISCSIRecoveryPolicy.outageTimeout).
-    var targetTimeoutSeconds = 20
-    /// Seconds between keep-alive NOP-Outs; 0 disables (ISCSIRecoveryPolicy.keepaliveInterval).
-    var keepaliveSeconds = 5
-
-    /// The iSCSI sessions' outage policy from the options (Docs/OUTAGES.md).
-    var recoveryPolicy: ISCSIRecoveryPolicy {
-        ISCSIRecoveryPolicy(outageTimeout: Double(targetTimeoutSeconds), keepaliveInterval: Double(keepaliveSeconds))
-    }
-
+/// The command line: global settings, then one group per controller, each opened by
+/// `--socket`; `--config FILE` loads the same settings from a file first and the command line
+/// overrides them. Every problem is one line and exit code 2.
+enum Options {
     static let usage = """
-    Usage: vhost-user-scsi --socket PATH --lun URL [--lun URL ...] [options]
+    Usage: vhost-user-scsi [options] --socket PATH --lun URL [--lun URL ...] [--socket PATH --lun URL ...]
+           vhost-user-scsi --config FILE [options]
 
     A vhost-user-scsi backend: QEMU connects to PATH (-chardev socket,path=PATH plus
     -device vhost-user-scsi-pci,chardev=...) and every SCSI command of the guest goes to
-    the iSCSI logical units given with --lun.
+    the iSCSI logical units given with --lun. Each --socket starts another controller, with
+    its own LUNs, served by the same process.
 
-    Options:
+    Controller options (they apply to the --socket before them):
       --socket PATH           Unix socket to listen on. A stale socket file is replaced;
                               one another server is listening on is refused.
-      --lun [T:L=]URL         An iSCSI logical unit, iscsi://[USER[%PASSWORD]@]HOST[:PORT]/IQN/LUN.
+      --name NAME             The controller's name in logs, metrics and the control socket
+                              (default ctrl0, ctrl1, ... in order).
+      --lun [T:L=]URL         An iSCSI logical unit, iscsi://HOST[:PORT]/IQN/LUN.
                               The k-th --lun without T:L is guest target 0, LUN k-1; with
                               T:L it is guest target T (0-255), LUN L (0-16383). Repeatable.
-      --initiator-name IQN    This server's iSCSI initiator name (default: \(Options.defaultInitiatorName())).
-                              Give each host its own: two servers on one LUN must not share it.
       --num-queues N          Request queues offered to the VMM, 1-64 (default 4). QEMU's
                               num_queues must not exceed it.
+
+    iSCSI login (Docs/SECURITY.md):
+      --initiator-name IQN    This server's iSCSI initiator name (default: \(defaultInitiatorName())).
+                              Give each host its own: two servers on one LUN must not share it.
+      --chap-user NAME        Log in with CHAP as NAME; the secret comes from
+      --chap-secret-file PATH   the first line of PATH, or
+      --chap-secret-env VAR     the environment variable VAR (never from the command line).
+      --mutual-chap-user NAME Mutual CHAP: the target must authenticate as NAME with the secret from
+      --mutual-chap-secret-file PATH | --mutual-chap-secret-env VAR
+      --header-digest MODE    none, crc32c, prefer-none or prefer-crc32c (default prefer-none):
+                              CRC32C digests on iSCSI headers, required or offered.
+
+    Behaviour:
       --drain-timeout SECONDS How long stopping a ring waits for in-flight I/O (default 30).
       --target-timeout SECONDS
                               How long a target outage (connection lost, target restarted or
@@ -52,121 +46,77 @@ struct Options {
       --keepalive SECONDS     Send an iSCSI NOP-Out every SECONDS while logged in; 3 unanswered
                               ones mean the target is dead and the server reconnects. 0 disables
                               (a waiting command still detects silence after 15 s). Default 5.
+
+    Operation (Docs/OPERATIONS.md):
+      --config FILE           Read settings and controllers from a JSON file (Docs/CONFIGURATION.md);
+                              options on the command line override its settings and add controllers.
+      --control-socket PATH   Serve the JSON control protocol on PATH (vhost-user-scsi-ctl; Docs/CONTROL.md):
+                              list, statistics, add and remove LUNs at runtime.
+      --metrics-listen HOST:PORT
+                              Serve Prometheus metrics on http://HOST:PORT/metrics (Docs/OBSERVABILITY.md).
       --log-level LEVEL       trace, debug, info, warning or error (default info).
+      --log-format FORMAT     text or json (one object per line) on stderr (default text).
+      --version               Print the version.
       --help                  Show this text.
 
     Exit status: 0 after SIGINT/SIGTERM, 1 on a runtime failure (for example an unreachable
-    target), 2 on bad usage.
+    target), 2 on bad usage or a bad configuration file.
     """
 
-    struct UsageError: Error, CustomStringConvertible {
-        var description: String
-    }
+    static let version = "vhost-user-scsi 0.6.0"
 
     enum Parsed {
-        case run(Options)
+        case run(ServerConfiguration)
         case help
+        case version
     }
 
-    static func parse(_ arguments: [String]) throws(UsageError) -> Parsed {
-        var options = Options()
+    static func parse(_ arguments: [String]) throws(ConfigurationError) -> Parsed {
+        // Split into (name, value) pairs first, so that --config can be applied before the rest
+        // wherever it appears.
+        var pairs: [(name: String, value: String?)] = []
         var iterator = arguments.makeIterator()
-        var lunURLs: [(explicit: VirtioSCSIAddress?, url: String)] = []
-        func value(_ name: String) throws(UsageError) -> String {
-            guard let v = iterator.next() else { throw UsageError(description: "\(name) needs a value") }
-            return v
-        }
         while let argument = iterator.next() {
-            // Accept --name=value as well as --name value.
-            var name = argument
-            var inlineValue: String?
-            if argument.hasPrefix("--"), let eq = argument.firstIndex(of: "=") {
-                name = String(argument[..<eq])
-                inlineValue = String(argument[argument.index(after: eq)...])
+            guard argument.hasPrefix("--") || argument == "-h" else {
+                throw ConfigurationError("unexpected argument '\(argument)' (see --help)")
             }
-            func next() throws(UsageError) -> String {
-                if let inlineValue { return inlineValue }
-                return try value(name)
+            if argument == "--help" || argument == "-h" { return .help }
+            if argument == "--version" { return .version }
+            var name = String(argument.dropFirst(2))
+            var value: String?
+            if let eq = name.firstIndex(of: "=") {
+                value = String(name[name.index(after: eq)...])
+                name = String(name[..<eq])
             }
-            switch name {
-            case "--help", "-h":
-                return .help
-            case "--socket":
-                options.socketPath = try next()
-            case "--lun":
-                lunURLs.append(try parseLUNArgument(try next()))
-            case "--initiator-name":
-                options.initiatorName = try next()
-                guard options.initiatorName.hasPrefix("iqn.") || options.initiatorName.hasPrefix("eui.")
-                        || options.initiatorName.hasPrefix("naa.") else {
-                    throw UsageError(description: "--initiator-name '\(options.initiatorName)' is not an iqn., eui. or naa. name")
-                }
-            case "--num-queues":
-                let text = try next()
-                guard let n = Int(text), (1...64).contains(n) else {
-                    throw UsageError(description: "--num-queues must be a number from 1 to 64, not '\(text)'")
-                }
-                options.requestQueues = n
-            case "--drain-timeout":
-                let text = try next()
-                guard let n = Int(text), (1...3600).contains(n) else {
-                    throw UsageError(description: "--drain-timeout must be 1 to 3600 seconds, not '\(text)'")
-                }
-                options.drainTimeoutSeconds = n
-            case "--target-timeout":
-                let text = try next()
-                guard let n = Int(text), (0...3600).contains(n) else {
-                    throw UsageError(description: "--target-timeout must be 0 to 3600 seconds, not '\(text)'")
-                }
-                options.targetTimeoutSeconds = n
-            case "--keepalive":
-                let text = try next()
-                guard let n = Int(text), (0...3600).contains(n) else {
-                    throw UsageError(description: "--keepalive must be 0 (off) to 3600 seconds, not '\(text)'")
-                }
-                options.keepaliveSeconds = n
-            case "--log-level":
-                let text = try next()
-                guard let level = LogLevel(name: text) else {
-                    throw UsageError(description: "--log-level must be trace, debug, info, warning or error, not '\(text)'")
-                }
-                options.logLevel = level
-            default:
-                throw UsageError(description: "unknown option '\(argument)' (see --help)")
+            guard name == "config" || Settings.global[name] != nil || Settings.controller[name] != nil else {
+                throw ConfigurationError("unknown option '\(argument)' (see --help)")
             }
+            if value == nil {
+                guard let next = iterator.next() else { throw ConfigurationError("--\(name) needs a value") }
+                value = next
+            }
+            pairs.append((name, value))
         }
-        guard !options.socketPath.isEmpty else { throw UsageError(description: "--socket PATH is required") }
-        guard !lunURLs.isEmpty else { throw UsageError(description: "at least one --lun URL is required") }
-        var nextImplicit: UInt16 = 0
-        for entry in lunURLs {
-            let url: ISCSIURL
-            do { url = try ISCSIURL(parsing: entry.url) } catch {
-                throw UsageError(description: "--lun: \(error)")
-            }
-            let address: VirtioSCSIAddress
-            if let explicit = entry.explicit {
-                address = explicit
-            } else {
-                address = VirtioSCSIAddress(target: 0, lun: nextImplicit)
-                nextImplicit += 1
-            }
-            guard !options.luns.contains(where: { $0.address == address }) else {
-                throw UsageError(description: "--lun: guest address \(address) is given twice")
-            }
-            options.luns.append(LUN(address: address, url: url))
-        }
-        return .run(options)
-    }
 
-    /// `T:L=URL` or `URL`.
-    private static func parseLUNArgument(_ text: String) throws(UsageError) -> (explicit: VirtioSCSIAddress?, url: String) {
-        guard !text.hasPrefix("iscsi://"), let eq = text.firstIndex(of: "=") else { return (nil, text) }
-        let prefix = text[..<eq]
-        let parts = prefix.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 2, let target = UInt8(parts[0]), let lun = UInt16(parts[1]), lun <= 16383 else {
-            throw UsageError(description: "--lun '\(prefix)=...': the guest address must be T:L with T 0-255 and L 0-16383")
+        var configuration = ServerConfiguration()
+        for (name, value) in pairs where name == "config" {
+            try ConfigurationFile.load(path: value!, into: &configuration)
         }
-        return (VirtioSCSIAddress(target: target, lun: lun), String(text[text.index(after: eq)...]))
+        let fromFile = configuration.controllers.count
+        for (name, value) in pairs where name != "config" {
+            if let setter = Settings.global[name] {
+                try setter(&configuration, value!)
+            } else if let setter = Settings.controller[name] {
+                // --socket opens a controller; options before the first one belong to it too.
+                let current = configuration.controllers.count > fromFile ? configuration.controllers.last : nil
+                if current == nil || (name == "socket" && !current!.socketPath.isEmpty) {
+                    configuration.controllers.append(ControllerConfiguration(name: "ctrl\(configuration.controllers.count)"))
+                }
+                try setter(&configuration.controllers[configuration.controllers.count - 1], value!)
+            }
+        }
+        try configuration.finish()
+        return .run(configuration)
     }
 
     /// A per-host default, so that two hosts never present the same initiator by accident.

@@ -1,0 +1,96 @@
+import ServerLog
+
+/// The one table of settings: `--initiator-name X` on the command line and
+/// `"initiator_name": "X"` in the configuration file go through the same setter, so the two
+/// can never accept different names or values. Names here are the command line's, without
+/// the dashes; the file spells them with underscores.
+enum Settings {
+    typealias GlobalSetter = @Sendable (inout ServerConfiguration, String) throws(ConfigurationError) -> Void
+    typealias ControllerSetter = @Sendable (inout ControllerConfiguration, String) throws(ConfigurationError) -> Void
+
+    static let global: [String: GlobalSetter] = [
+        "initiator-name": { c, v throws(ConfigurationError) in
+            guard v.hasPrefix("iqn.") || v.hasPrefix("eui.") || v.hasPrefix("naa.") else {
+                throw ConfigurationError("--initiator-name '\(v)' is not an iqn., eui. or naa. name")
+            }
+            c.initiatorName = v
+        },
+        "chap-user": { c, v throws(ConfigurationError) in c.credentials.chapUser = try nonEmpty("chap-user", v) },
+        "chap-secret-file": { c, v throws(ConfigurationError) in c.credentials.chapSecret = .file(try nonEmpty("chap-secret-file", v)) },
+        "chap-secret-env": { c, v throws(ConfigurationError) in c.credentials.chapSecret = .environment(try nonEmpty("chap-secret-env", v)) },
+        "mutual-chap-user": { c, v throws(ConfigurationError) in c.credentials.mutualChapUser = try nonEmpty("mutual-chap-user", v) },
+        "mutual-chap-secret-file": { c, v throws(ConfigurationError) in
+            c.credentials.mutualChapSecret = .file(try nonEmpty("mutual-chap-secret-file", v))
+        },
+        "mutual-chap-secret-env": { c, v throws(ConfigurationError) in
+            c.credentials.mutualChapSecret = .environment(try nonEmpty("mutual-chap-secret-env", v))
+        },
+        "header-digest": { c, v throws(ConfigurationError) in
+            guard ["none", "crc32c", "prefer-none", "prefer-crc32c"].contains(v) else {
+                throw ConfigurationError("--header-digest must be none, crc32c, prefer-none or prefer-crc32c, not '\(v)'")
+            }
+            c.headerDigest = v
+        },
+        "drain-timeout": { c, v throws(ConfigurationError) in
+            c.drainTimeoutSeconds = try number("drain-timeout", v, 1...3600, unit: "seconds")
+        },
+        "target-timeout": { c, v throws(ConfigurationError) in
+            c.targetTimeoutSeconds = try number("target-timeout", v, 0...3600, unit: "seconds")
+        },
+        "keepalive": { c, v throws(ConfigurationError) in
+            c.keepaliveSeconds = try number("keepalive", v, 0...3600, unit: "seconds (0 is off)")
+        },
+        "log-level": { c, v throws(ConfigurationError) in
+            guard let level = LogLevel(name: v) else {
+                throw ConfigurationError("--log-level must be trace, debug, info, warning or error, not '\(v)'")
+            }
+            c.logLevel = level
+        },
+        "log-format": { c, v throws(ConfigurationError) in
+            guard v == "text" || v == "json" else {
+                throw ConfigurationError("--log-format must be text or json, not '\(v)'")
+            }
+            c.logFormat = v
+        },
+        "control-socket": { c, v throws(ConfigurationError) in c.controlSocket = try nonEmpty("control-socket", v) },
+        "metrics-listen": { c, v throws(ConfigurationError) in
+            _ = try hostAndPort("metrics-listen", v)
+            c.metricsListen = v
+        },
+    ]
+
+    static let controller: [String: ControllerSetter] = [
+        "socket": { c, v throws(ConfigurationError) in c.socketPath = try nonEmpty("socket", v) },
+        "name": { c, v throws(ConfigurationError) in
+            guard !v.isEmpty, v.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+                throw ConfigurationError("--name '\(v)' must be letters, digits, '-', '_' or '.'")
+            }
+            c.name = v
+        },
+        "num-queues": { c, v throws(ConfigurationError) in c.requestQueues = try number("num-queues", v, 1...64) },
+        "lun": { c, v throws(ConfigurationError) in c.lunArguments.append(v) },
+    ]
+
+    private static func nonEmpty(_ name: String, _ value: String) throws(ConfigurationError) -> String {
+        guard !value.isEmpty else { throw ConfigurationError("--\(name) must not be empty") }
+        return value
+    }
+
+    private static func number(_ name: String, _ text: String, _ range: ClosedRange<Int>,
+                               unit: String = "") throws(ConfigurationError) -> Int {
+        guard let n = Int(text), range.contains(n) else {
+            let what = unit.isEmpty ? "" : " \(unit)"
+            throw ConfigurationError("--\(name) must be \(range.lowerBound) to \(range.upperBound)\(what), not '\(text)'")
+        }
+        return n
+    }
+
+    /// `HOST:PORT` with an IPv4 address or `localhost`.
+    static func hostAndPort(_ name: String, _ text: String) throws(ConfigurationError) -> (host: String, port: UInt16) {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]),
+              !text[..<colon].isEmpty else {
+            throw ConfigurationError("--\(name) must be HOST:PORT (for example 127.0.0.1:9850), not '\(text)'")
+        }
+        return (String(text[..<colon]), port)
+    }
+}
