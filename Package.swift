@@ -8,6 +8,7 @@ let package = Package(
     name: "vhost-user-scsi",
     products: [
         .executable(name: "vhost-user-scsi", targets: ["vhost-user-scsi"]),
+        .executable(name: "vhost-user-scsi-ctl", targets: ["vhost-user-scsi-ctl"]),
         .executable(name: "vhost-user-scsi-bench", targets: ["vhost-user-scsi-bench"]),
         .executable(name: "vhost-user-scsi-microbench", targets: ["vhost-user-scsi-microbench"]),
     ],
@@ -32,6 +33,8 @@ let package = Package(
         .target(name: "ControlProtocol"),
         .executableTarget(name: "vhost-user-scsi",
                           dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog", "ControlProtocol"]),
+        // The control socket's client (Docs/CONTROL.md).
+        .executableTarget(name: "vhost-user-scsi-ctl", dependencies: ["ControlProtocol"]),
 
         // The driver side of vhost-user and virtio (a frontend and a guest driver in one
         // process): used by the load generator and by the tests.

@@ -26,6 +26,7 @@ enum Server {
 
         let login = LoginSettings(initiatorName: configuration.initiatorName, recovery: configuration.recoveryPolicy)
         var controllers: [Controller] = []
+        var control: ControlServer?
         do {
             for controllerConfiguration in configuration.controllers {
                 controllers.append(try Controller(controllerConfiguration, login: login,
@@ -36,13 +37,18 @@ enum Server {
                 Log.info("\(controller.name): serving \(controller.unitList.count) LUN(s) on "
                          + "\(controller.device.requestQueueCount) request queue(s) at \(controller.socketPath)")
             }
+            if let path = configuration.controlSocket {
+                let commands = ControlCommands(controllers: controllers, login: login)
+                control = ControlServer(path: path) { commands.handle($0) }
+                try control?.start()
+            }
         } catch {
             for controller in controllers { controller.shutdown() }
             fail("\(error)", status: 1)
         }
         Log.info("initiator \(configuration.initiatorName); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "
                  + "keep-alive " + (configuration.keepaliveSeconds == 0 ? "off" : "every \(configuration.keepaliveSeconds) s"))
-        installSignalHandlers(controllers: controllers)
+        installSignalHandlers(controllers: controllers, control: control)
         dispatchMain()
     }
 
@@ -53,13 +59,14 @@ enum Server {
         exit(status)
     }
 
-    private static func installSignalHandlers(controllers: [Controller]) {
+    private static func installSignalHandlers(controllers: [Controller], control: ControlServer?) {
         let queue = DispatchQueue(label: "signals")
         for sig in [SIGINT, SIGTERM] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler { @Sendable in
                 Log.info("signal \(sig): finishing in-flight I/O and shutting down")
+                control?.shutdown()
                 // Every controller at once: each waits for its own frontend's in-flight I/O.
                 DispatchQueue.concurrentPerform(iterations: controllers.count) { controllers[$0].shutdown() }
                 Log.info("shut down cleanly")

@@ -1,0 +1,129 @@
+import ControlProtocol
+import Glibc
+
+/// `vhost-user-scsi-ctl`: sends one command to a server's control socket and prints the answer.
+enum Client {
+    static let usage = """
+    Usage: vhost-user-scsi-ctl [--control-socket PATH] [--json] COMMAND [ARGUMENTS]
+
+    Talks to a running vhost-user-scsi through the socket it was given with --control-socket
+    (default: $VHOST_USER_SCSI_CONTROL_SOCKET). Protocol: Docs/CONTROL.md.
+
+    Commands:
+      list [CONTROLLER]                 controllers, whether QEMU is connected, their LUNs
+      stats [CONTROLLER]                per-queue and per-LUN counters
+      add-lun CONTROLLER T:L URL        probe URL and add it as guest target T, LUN L; the guest
+                                        is told through the event queue and sees a new disk
+      remove-lun CONTROLLER T:L         take the LUN away (in-flight I/O is aborted); the guest
+                                        is told and its disk goes away
+      resize-lun CONTROLLER T:L         re-read the LUN's capacity; when it changed, the guest is
+                                        told and re-reads it
+      version                           the server's version
+
+    Options:
+      --json      print the server's JSON response as it is
+      --help      show this text
+
+    Exit status: 0 when the server did it, 1 when it refused (the reason on stderr), 2 on bad
+    usage or when the server cannot be reached.
+    """
+
+    static func main() -> Never {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        var socketPath = getenv("VHOST_USER_SCSI_CONTROL_SOCKET").map { String(cString: $0) }
+        var json = false
+        while let first = arguments.first, first.hasPrefix("--") {
+            arguments.removeFirst()
+            switch first {
+            case "--help": print(usage); exit(0)
+            case "--json": json = true
+            case "--control-socket":
+                guard !arguments.isEmpty else { fail("--control-socket needs a path", status: 2) }
+                socketPath = arguments.removeFirst()
+            default:
+                if first.hasPrefix("--control-socket=") {
+                    socketPath = String(first.dropFirst("--control-socket=".count))
+                } else {
+                    fail("unknown option '\(first)' (see --help)", status: 2)
+                }
+            }
+        }
+        guard let socketPath, !socketPath.isEmpty else {
+            fail("no control socket: give --control-socket PATH or set VHOST_USER_SCSI_CONTROL_SOCKET", status: 2)
+        }
+        let request: JSONValue
+        do { request = try makeRequest(arguments) } catch { fail("\(error) (see --help)", status: 2) }
+
+        let response: JSONValue
+        do { response = try exchange(request, path: socketPath) } catch { fail("\(error)", status: 2) }
+        if json {
+            print(response.serialized())
+        } else if response["ok"] == .bool(true) {
+            print(Render.text(for: request, response))
+        }
+        guard response["ok"] == .bool(true) else {
+            fail(response["error"]?.stringValue ?? "the server refused: \(response.serialized())", status: 1)
+        }
+        exit(0)
+    }
+
+    static func makeRequest(_ arguments: [String]) throws(JSONError) -> JSONValue {
+        guard let command = arguments.first else { throw JSONError("a command is required") }
+        let rest = Array(arguments.dropFirst())
+        func expect(_ names: [String], optional: Int = 0) throws(JSONError) -> [String: JSONValue] {
+            guard (names.count - optional...names.count).contains(rest.count) else {
+                throw JSONError("\(command) takes \(names.map { $0.uppercased() }.joined(separator: " "))")
+            }
+            var fields: [String: JSONValue] = ["command": .string(command)]
+            for (name, value) in zip(names, rest) { fields[name] = .string(value) }
+            return fields
+        }
+        switch command {
+        case "list", "stats": return .object(try expect(["controller"], optional: 1))
+        case "version": return .object(try expect([]))
+        case "add-lun": return .object(try expect(["controller", "address", "url"]))
+        case "remove-lun", "resize-lun": return .object(try expect(["controller", "address"]))
+        default: throw JSONError("unknown command '\(command)'")
+        }
+    }
+
+    /// One request line out, one response line back.
+    static func exchange(_ request: JSONValue, path: String) throws(JSONError) -> JSONValue {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(path.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw JSONError("socket path too long: \(path)") }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in pathBytes.enumerated() { raw[i] = b }
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw JSONError("socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { throw JSONError("cannot connect to \(path): \(String(cString: strerror(errno)))") }
+        let line = Array((request.serialized() + "\n").utf8)
+        var offset = 0
+        while offset < line.count {
+            let n = line.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw JSONError("cannot send to \(path): \(String(cString: strerror(errno)))") }
+            offset += n
+        }
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !received.contains(UInt8(ascii: "\n")) {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw JSONError("the server at \(path) closed the connection without an answer") }
+            received += buffer[0..<n]
+        }
+        return try JSONValue.parse(received.prefix { $0 != UInt8(ascii: "\n") })
+    }
+
+    static func fail(_ message: String, status: Int32) -> Never {
+        let line = "vhost-user-scsi-ctl: \(message)\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+        exit(status)
+    }
+}

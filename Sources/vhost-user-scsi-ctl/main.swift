@@ -1,0 +1,2 @@
+// Kept tiny: the client is in Client.swift.
+Client.main()

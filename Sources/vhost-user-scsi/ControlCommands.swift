@@ -1,0 +1,83 @@
+import ControlProtocol
+import ISCSIInitiator
+import ServerLog
+import VirtioSCSI
+
+/// The control protocol's commands (Docs/CONTROL.md): a request object in, a response object
+/// out, `"ok": true` with the command's fields or `"ok": false` with a one-line `"error"`.
+struct ControlCommands: Sendable {
+    let controllers: [Controller]
+    let login: LoginSettings
+
+    func handle(_ request: JSONValue) -> JSONValue {
+        do {
+            guard case .object = request, let command = request["command"]?.stringValue else {
+                throw ControlError("a request is an object with a \"command\" string")
+            }
+            var response: [String: JSONValue]
+            switch command {
+            case "version":
+                response = ["version": .string(Options.version)]
+            case "list":
+                response = ["controllers": .array(try selected(request).map(describe))]
+            default:
+                throw ControlError("unknown command '\(command)' (commands: \(Self.commands.joined(separator: ", ")))")
+            }
+            response["ok"] = .bool(true)
+            return .object(response)
+        } catch {
+            return .object(["ok": .bool(false), "error": .string("\(error)")])
+        }
+    }
+
+    static let commands = ["version", "list"]
+
+    // MARK: - Arguments
+
+    /// The controller named by `"controller"`, or all of them when the request names none.
+    private func selected(_ request: JSONValue) throws(ControlError) -> [Controller] {
+        guard let name = request["controller"] else { return controllers }
+        return [try controller(named: name)]
+    }
+
+    private func controller(named value: JSONValue?) throws(ControlError) -> Controller {
+        guard let name = value?.stringValue else { throw ControlError("\"controller\" (a name) is required") }
+        guard let controller = controllers.first(where: { $0.name == name }) else {
+            throw ControlError("no controller named '\(name)' (there are: \(controllers.map(\.name).joined(separator: ", ")))")
+        }
+        return controller
+    }
+
+    private func address(_ request: JSONValue) throws(ControlError) -> VirtioSCSIAddress {
+        guard let text = request["address"]?.stringValue else { throw ControlError("\"address\" (\"T:L\") is required") }
+        do { return try ControllerConfiguration.parseAddress(text) } catch { throw ControlError(error.description) }
+    }
+
+    // MARK: - Descriptions
+
+    private func describe(_ controller: Controller) -> JSONValue {
+        .object([
+            "name": .string(controller.name),
+            "socket": .string(controller.socketPath),
+            "connected": .bool(controller.server.isConnected),
+            "request_queues": .number(Double(controller.device.requestQueueCount)),
+            "luns": .array(controller.unitList.map(describe)),
+        ])
+    }
+
+    private func describe(_ unit: Controller.Unit) -> JSONValue {
+        .object([
+            "address": .string(unit.address.description),
+            "url": .string(unit.url.description),
+            "vendor": .string(unit.probe.vendor),
+            "product": .string(unit.probe.product),
+            "blocks": .number(Double(unit.probe.blocks)),
+            "block_size": .number(Double(unit.probe.blockSize)),
+        ])
+    }
+}
+
+struct ControlError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

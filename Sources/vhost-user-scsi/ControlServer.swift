@@ -1,0 +1,149 @@
+import ControlProtocol
+import Dispatch
+import Glibc
+import ServerLog
+import VhostUserBackend
+
+/// The control socket (Docs/CONTROL.md): a Unix stream socket, mode 0600, speaking one JSON
+/// object per line each way. Every connection has its own serial queue, so a slow command (a
+/// LUN probe waits for its target) holds up only the client that sent it; the data path never
+/// sees this code.
+final class ControlServer: @unchecked Sendable {
+    // @unchecked: `listenFD`, `acceptSource` and `clients` are confined to `queue`.
+    static let maxClients = 16
+    static let maxLineBytes = 64 * 1024
+
+    let path: String
+    private let handler: @Sendable (JSONValue) -> JSONValue
+    private let queue = DispatchQueue(label: "control-socket")
+    private var listenFD: Int32 = -1
+    private var acceptSource: DispatchSourceRead?
+    private var clients = 0
+
+    /// `handler` turns a request into its response; it runs on the client's queue.
+    init(path: String, handler: @escaping @Sendable (JSONValue) -> JSONValue) {
+        self.path = path
+        self.handler = handler
+    }
+
+    func start() throws {
+        let fd = try UnixSocket.listen(path: path)
+        // Whoever can connect can add and remove disks: owner only.
+        guard chmod(path, 0o600) == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw ControllerError(description: "chmod \(path): \(message)")
+        }
+        queue.sync {
+            listenFD = fd
+            let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+            source.setEventHandler { @Sendable [weak self] in self?.acceptOne() }
+            acceptSource = source
+            source.resume()
+        }
+        Log.info("control socket on \(path)")
+    }
+
+    func shutdown() {
+        queue.sync {
+            acceptSource?.cancel()
+            acceptSource = nil
+            if listenFD >= 0 {
+                close(listenFD)
+                listenFD = -1
+                unlink(path)
+            }
+        }
+    }
+
+    private func acceptOne() {
+        let fd = accept(listenFD, nil, nil)
+        guard fd >= 0 else { return }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        guard clients < Self.maxClients else {
+            reply(fd, .object(["ok": .bool(false), "error": .string("too many control connections")]))
+            close(fd)
+            return
+        }
+        clients += 1
+        ControlClient(fd: fd, handler: handler) { [weak self] in
+            guard let self else { return }
+            self.queue.async { self.clients -= 1 }
+        }.start()
+    }
+}
+
+/// One control connection: reads lines, answers each in order, closes on EOF, on a line over
+/// the limit or on a write error.
+private final class ControlClient: @unchecked Sendable {
+    // @unchecked: confined to `queue`.
+    private let fd: Int32
+    private let handler: @Sendable (JSONValue) -> JSONValue
+    private let finished: @Sendable () -> Void
+    private let queue = DispatchQueue(label: "control-client")
+    private var source: DispatchSourceRead?
+    private var pending: [UInt8] = []
+
+    init(fd: Int32, handler: @escaping @Sendable (JSONValue) -> JSONValue, finished: @escaping @Sendable () -> Void) {
+        self.fd = fd
+        self.handler = handler
+        self.finished = finished
+    }
+
+    func start() {
+        queue.async { [self] in
+            let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+            source.setEventHandler { @Sendable [self] in readAvailable() }
+            // The fd is closed only once libdispatch has let go of it.
+            source.setCancelHandler { @Sendable [self] in
+                close(fd)
+                finished()
+            }
+            self.source = source
+            source.resume()
+        }
+    }
+
+    private func readAvailable() {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+        guard n > 0 else { return end() }
+        pending += buffer[0..<n]
+        while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+            let line = pending[..<newline]
+            pending.removeSubrange(...newline)
+            guard !line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) else { continue }
+            let response: JSONValue
+            do {
+                response = handler(try JSONValue.parse(line))
+            } catch {
+                response = .object(["ok": .bool(false), "error": .string("request is \(error)")])
+            }
+            guard reply(fd, response) else { return end() }
+        }
+        if pending.count > ControlServer.maxLineBytes {
+            _ = reply(fd, .object(["ok": .bool(false), "error": .string("request line longer than \(ControlServer.maxLineBytes) bytes")]))
+            end()
+        }
+    }
+
+    private func end() {
+        source?.cancel()
+        source = nil
+    }
+}
+
+/// Writes `response` and a newline, all of it (blocking); false when the peer is gone.
+@discardableResult
+private func reply(_ fd: Int32, _ response: JSONValue) -> Bool {
+    let bytes = Array((response.serialized() + "\n").utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return false }
+        offset += n
+    }
+    return true
+}
