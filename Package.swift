@@ -68,5 +68,6 @@ let package = Package(
                     dependencies: ["VhostUserSCSI", "VhostUserBackend", "VirtioTestSupport", "SCSICore", "VirtioSCSI"]),
         .testTarget(name: "ISCSIInitiatorTests", dependencies: ["ISCSIInitiator", "SCSICore"]),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
+        .testTarget(name: "ServerTests", dependencies: ["vhost-user-scsi", "ControlProtocol", "ISCSIInitiator"]),
     ]
 )
