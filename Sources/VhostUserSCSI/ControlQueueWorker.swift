@@ -13,7 +13,8 @@ import VirtioSCSI
 final class ControlQueueWorker: @unchecked Sendable {
     // @unchecked: confined to `queue`.
     let queue: DispatchQueue
-    let lunMap: LUNMap
+    /// This queue's copy of the LUN map (see RequestQueueWorker.apply).
+    private(set) var lunMap: LUNMap
     let requestWorkers: [RequestQueueWorker]
     private var vring: Vring?
     private var outstanding = 0
@@ -27,6 +28,11 @@ final class ControlQueueWorker: @unchecked Sendable {
         self.queue = queue
         self.lunMap = lunMap
         self.requestWorkers = requestWorkers
+    }
+
+    /// Takes a new LUN map; TMFs already under way finish on the units they named.
+    func apply(_ map: LUNMap) {
+        if map.version > lunMap.version { lunMap = map }
     }
 
     func start(_ vring: Vring) {
@@ -146,34 +152,34 @@ final class ControlQueueWorker: @unchecked Sendable {
             done(.functionRejected)
             return
         }
-        guard let backend = lunMap.backendIndex(for: address) else {
+        guard let unit = lunMap.unit(at: address) else {
             done(.incorrectLUN)
             return
         }
         switch subtype {
         case .queryTask:
-            collect(from: requestWorkers, { worker in worker.outstandingToken(id: tmf.id, address: address) != nil ? true : nil }) {
+            collect(from: requestWorkers, { worker in worker.outstandingToken(id: tmf.id, unit: unit) != nil ? true : nil }) {
                 done($0.isEmpty ? .functionComplete : .functionSucceeded)
             }
         case .queryTaskSet:
-            collect(from: requestWorkers, { worker in worker.hasOutstanding(on: address) ? true : nil }) {
+            collect(from: requestWorkers, { worker in worker.hasOutstanding(on: unit) ? true : nil }) {
                 done($0.isEmpty ? .functionComplete : .functionSucceeded)
             }
         case .abortTask:
             forEachSession({ worker in
-                worker.outstandingToken(id: tmf.id, address: address).map { SCSITaskManagementFunction.abortTask(token: $0) }
-            }, backend: backend, done: done)
+                worker.outstandingToken(id: tmf.id, unit: unit).map { SCSITaskManagementFunction.abortTask(token: $0) }
+            }, unit: unit, done: done)
         case .abortTaskSet:
-            forEachSession({ _ in .abortTaskSet }, backend: backend, done: done)
+            forEachSession({ _ in .abortTaskSet }, unit: unit, done: done)
         case .clearTaskSet:
-            forEachSession({ _ in .clearTaskSet }, backend: backend, done: done)
+            forEachSession({ _ in .clearTaskSet }, unit: unit, done: done)
         case .clearACA:
-            forEachSession({ _ in .clearACA }, backend: backend, done: done)
+            forEachSession({ _ in .clearACA }, unit: unit, done: done)
         case .logicalUnitReset:
-            logicalUnitReset(backend: backend, done: done)
+            logicalUnitReset(unit: unit, done: done)
         case .itNexusReset:
             // iSCSI has no I_T nexus reset of its own; abort every task this initiator has on the LU.
-            forEachSession({ _ in .abortTaskSet }, backend: backend, done: done)
+            forEachSession({ _ in .abortTaskSet }, unit: unit, done: done)
         }
     }
 
@@ -182,8 +188,8 @@ final class ControlQueueWorker: @unchecked Sendable {
     /// answering only one of them and the guest's reset hanging. The other sessions then run
     /// ABORT TASK SET, which completes locally whatever the reset aborted on their nexus (a
     /// target need not report those) and answers at once when nothing is left.
-    private func logicalUnitReset(backend: Int, done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
-        resetOnFirstSession(from: 0, backend: backend) { [self] index, response in
+    private func logicalUnitReset(unit: LogicalUnit, done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
+        resetOnFirstSession(from: 0, unit: unit) { [self] index, response in
             guard let index else {
                 done(.functionComplete)  // no session to the LU yet: nothing to reset
                 return
@@ -193,15 +199,15 @@ final class ControlQueueWorker: @unchecked Sendable {
                 done(Self.combine([response]))
                 return
             }
-            forEachSession({ _ in .abortTaskSet }, backend: backend, workers: others) { rest in
+            forEachSession({ _ in .abortTaskSet }, unit: unit, workers: others) { rest in
                 done(rest == .failure ? .failure : Self.combine([response]))
             }
         }
     }
 
     /// Sends LUN RESET on the first request queue (from `index` on) that has a session to
-    /// `backend`; `done` gets that queue's index (nil if none has one) and the answer, on `queue`.
-    private func resetOnFirstSession(from index: Int, backend: Int,
+    /// `unit`; `done` gets that queue's index (nil if none has one) and the answer, on `queue`.
+    private func resetOnFirstSession(from index: Int, unit: LogicalUnit,
                                      done: @escaping @Sendable (Int?, SCSITaskManagementResponse) -> Void) {
         guard index < requestWorkers.count else {
             queue.async { done(nil, .functionComplete) }
@@ -209,20 +215,20 @@ final class ControlQueueWorker: @unchecked Sendable {
         }
         let worker = requestWorkers[index]
         worker.queue.async { [self] in
-            worker.taskManagement(.logicalUnitReset, backend: backend) { response in
+            worker.taskManagement(.logicalUnitReset, unit: unit) { response in
                 if let response {
                     self.queue.async { done(index, response) }
                 } else {
-                    self.queue.async { self.resetOnFirstSession(from: index + 1, backend: backend, done: done) }
+                    self.queue.async { self.resetOnFirstSession(from: index + 1, unit: unit, done: done) }
                 }
             }
         }
     }
 
-    /// Runs `function(worker)` on every request queue's session for `backend` (skipping
+    /// Runs `function(worker)` on every request queue's session for `unit` (skipping
     /// those where it is nil) and combines the answers: the worst one wins.
     private func forEachSession(_ function: @escaping @Sendable (RequestQueueWorker) -> SCSITaskManagementFunction?,
-                                backend: Int, workers: [RequestQueueWorker]? = nil,
+                                unit: LogicalUnit, workers: [RequestQueueWorker]? = nil,
                                 done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
         let group = DispatchGroup()
         let results = ResultBox()
@@ -233,7 +239,7 @@ final class ControlQueueWorker: @unchecked Sendable {
                     group.leave()
                     return
                 }
-                worker.taskManagement(tmf, backend: backend) { response in
+                worker.taskManagement(tmf, unit: unit) { response in
                     if let response { results.append(response) }
                     group.leave()
                 }

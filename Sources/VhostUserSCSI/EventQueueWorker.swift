@@ -35,22 +35,26 @@ final class EventQueueWorker: @unchecked Sendable {
         post(VirtioSCSIEvent(event: VirtioSCSIEvent.noEvent, address: VirtioSCSIAddress(target: 0, lun: 0), reason: 0))
     }
 
-    /// Reports `event` in the next buffer the driver provided.
-    func post(_ event: VirtioSCSIEvent) {
+    /// Reports `event` in the next buffer the driver provided, if the driver negotiated
+    /// `feature` (the device must not send events of a class the driver did not accept).
+    /// Without a started ring the feature is unknown: the event counts as missed.
+    @discardableResult
+    func post(_ event: VirtioSCSIEvent, requiring feature: VirtioFeatures = []) -> GuestNotification {
         guard let vring else {
             eventsMissed = true
-            return
+            return .missed
         }
+        guard vring.negotiatedFeatures.isSuperset(of: feature) else { return .notNegotiated }
         let head: UInt16?
         do { head = try vring.pop() } catch {
             Log.error("event queue: \(error)")
             eventsMissed = true
-            return
+            return .missed
         }
         guard let head else {
             Log.warning("event queue: no buffer for event \(event.event); the guest will be told events were missed")
             eventsMissed = true
-            return
+            return .missed
         }
         let chain = ChainSegmentBuffer(capacity: 2)
         do {
@@ -60,14 +64,17 @@ final class EventQueueWorker: @unchecked Sendable {
             vring.push(head: head, length: 0)
             vring.publishUsedAndNotify()
             eventsMissed = true
-            return
+            return .missed
         }
         var delivered = event
         if eventsMissed { delivered.event |= VirtioSCSIEvent.eventsMissed }
         let written = delivered.encoded().withUnsafeBytes { chain.writeWritable(at: 0, from: $0) }
-        if written == VirtioSCSIEvent.byteCount { eventsMissed = false }
+        // A buffer too short for the whole event loses it: the next one says so.
+        let complete = written == VirtioSCSIEvent.byteCount
+        eventsMissed = !complete
         vring.logWrites(to: chain, headerBytes: written)
         vring.push(head: head, length: UInt32(written))
         vring.publishUsedAndNotify()
+        return complete ? .delivered : .missed
     }
 }

@@ -14,8 +14,10 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     static let maxOutstanding = 1024
 
     let queue: DispatchQueue
-    let lunMap: LUNMap
+    /// This queue's copy of the LUN map; the device sends a new one on every change (`apply`).
+    private(set) var lunMap: LUNMap
     let sessionFactory: SCSISessionFactory
+    /// Indexed by logical unit id (`LogicalUnit.id`); nil for removed units.
     private var sessions: [SCSITargetSession?]
     private var sessionRetryAfter: [DispatchTime]
     private var vring: Vring?
@@ -33,12 +35,12 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     /// the current one.
     private var generation = 0
 
-    init(queue: DispatchQueue, lunMap: LUNMap, backendCount: Int, sessionFactory: @escaping SCSISessionFactory) {
+    init(queue: DispatchQueue, lunMap: LUNMap, sessionFactory: @escaping SCSISessionFactory) {
         self.queue = queue
         self.lunMap = lunMap
         self.sessionFactory = sessionFactory
-        sessions = Array(repeating: nil, count: backendCount)
-        sessionRetryAfter = Array(repeating: .now(), count: backendCount)
+        sessions = Array(repeating: nil, count: lunMap.nextID)
+        sessionRetryAfter = Array(repeating: .now(), count: lunMap.nextID)
     }
 
     // MARK: - Ring lifecycle (called by the device on `queue`)
@@ -56,8 +58,8 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         inFlight = 0
         starved = false
         broken = false
-        for backend in sessions.indices where sessions[backend] == nil {
-            _ = session(for: backend)
+        for unit in lunMap.units where sessions[unit.id] == nil {
+            _ = session(for: unit)
         }
     }
 
@@ -79,7 +81,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         drained = nil
         generation &+= 1
         for slot in slots where slot.backend >= 0 {
-            sessions[slot.backend]?.taskManagement(.abortTask(token: slot.token), lun: lunMap.backendLUN(slot.backend)) { _ in }
+            sessions[slot.backend]?.taskManagement(.abortTask(token: slot.token), lun: slot.backendLUN) { _ in }
         }
         for case let session? in sessions { session.flush() }
     }
@@ -157,7 +159,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             respondLocally(slot, vring: vring, data: LocalResponses.reportLUNs(lunMap.luns(of: address.target)))
             return false
         }
-        guard let backend = lunMap.backendIndex(for: address) else {
+        guard let unit = lunMap.unit(at: address) else {
             respondForUnsupportedLUN(slot, vring: vring)
             return false
         }
@@ -166,11 +168,12 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             respond(slot, vring: vring, response: .failure)
             return false
         }
-        guard let session = session(for: backend) else {
+        guard let session = session(for: unit) else {
             respond(slot, vring: vring, response: .transportFailure)
             return false
         }
-        slot.backend = backend
+        slot.backend = unit.id
+        slot.backendLUN = unit.backendLUN
         slot.generation = generation
         slot.memory = vring.memory
         slot.iovecs.reset()
@@ -185,7 +188,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             direction = .none
         }
         let cdbLength = min(CDB.length(opcode: cdb[0], additionalLength: cdb[7]) ?? 16, VirtioSCSIConfig.cdbSize)
-        let command = SCSICommand(lun: lunMap.backendLUN(backend), cdb: UnsafeRawBufferPointer(rebasing: cdb[0..<cdbLength]),
+        let command = SCSICommand(lun: unit.backendLUN, cdb: UnsafeRawBufferPointer(rebasing: cdb[0..<cdbLength]),
                                   direction: direction, buffers: slot.iovecs.buffer,
                                   transferLength: max(dataOutLength, slot.dataInLength),
                                   taskAttribute: SCSITaskAttribute(rawValue: header.taskAttribute) ?? .simple)
@@ -294,45 +297,79 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     // MARK: - Sessions
 
-    private func session(for backend: Int) -> SCSITargetSession? {
-        if let session = sessions[backend] { return session }
-        guard DispatchTime.now() >= sessionRetryAfter[backend] else { return nil }
+    private func session(for unit: LogicalUnit) -> SCSITargetSession? {
+        if let session = sessions[unit.id] { return session }
+        guard DispatchTime.now() >= sessionRetryAfter[unit.id] else { return nil }
         do {
-            let session = try sessionFactory(backend, queue, Self.maxOutstanding)
+            let session = try sessionFactory(unit.id, queue, Self.maxOutstanding)
             session.completionSink = self
-            sessions[backend] = session
+            sessions[unit.id] = session
             return session
         } catch {
-            Log.error("LUN \(backend + 1): \(error)")
-            sessionRetryAfter[backend] = .now() + .seconds(1)
+            Log.error("LUN \(unit.address): \(error)")
+            sessionRetryAfter[unit.id] = .now() + .seconds(1)
             return nil
         }
     }
 
+    // MARK: - LUN changes (called on `queue` by the device)
+
+    /// Takes a new LUN map. A removed unit's session is closed: its in-flight commands
+    /// complete at once as VIRTIO_SCSI_S_ABORTED and later commands to its address are
+    /// answered LOGICAL UNIT NOT SUPPORTED. An added unit gets its session now if the ring
+    /// runs (as `start` does), so the guest's first command after the rescan event finds it.
+    func apply(_ map: LUNMap) {
+        guard map.version > lunMap.version else { return }  // an older map that arrived late
+        let old = lunMap
+        lunMap = map
+        if sessions.count < map.nextID {
+            sessions += repeatElement(nil, count: map.nextID - sessions.count)
+            sessionRetryAfter += repeatElement(.now(), count: map.nextID - sessionRetryAfter.count)
+        }
+        for unit in old.units where map.unit(at: unit.address)?.id != unit.id {
+            closeSession(of: unit)
+        }
+        guard vring != nil else { return }
+        for unit in map.units where old.unit(at: unit.address)?.id != unit.id {
+            _ = session(for: unit)
+        }
+    }
+
+    private func closeSession(of unit: LogicalUnit) {
+        guard let session = sessions[unit.id] else { return }
+        let inFlightOnUnit = slots.reduce(0) { $0 + ($1.backend == unit.id ? 1 : 0) }
+        session.close()  // completes what is in flight (.aborted) through scsiCommandCompleted
+        sessions[unit.id] = nil
+        scsiCompletionBatchEnded()
+        Log.info("LUN \(unit.address) removed: \(queue.label) closed its session"
+                 + (inFlightOnUnit > 0 ? ", \(inFlightOnUnit) command(s) in flight aborted" : ""))
+    }
+
     // MARK: - Task management (called on `queue` by the control queue worker)
 
-    /// Token of the outstanding command with virtio request `id` on `address`, if any.
-    func outstandingToken(id: UInt64, address: VirtioSCSIAddress) -> Int? {
+    /// Token of the outstanding command with virtio request `id` on `unit`, if any. By unit
+    /// id, not address: a command of a removed unit is never taken for one of its successor.
+    func outstandingToken(id: UInt64, unit: LogicalUnit) -> Int? {
         guard inFlight > 0 else { return nil }
-        for slot in slots where slot.backend >= 0 && slot.id == id && slot.address == address {
+        for slot in slots where slot.backend == unit.id && slot.id == id {
             if sessions[slot.backend]?.isOutstanding(token: slot.token) == true { return slot.token }
         }
         return nil
     }
 
-    func hasOutstanding(on address: VirtioSCSIAddress) -> Bool {
+    func hasOutstanding(on unit: LogicalUnit) -> Bool {
         guard inFlight > 0 else { return false }
-        return slots.contains { $0.backend >= 0 && $0.address == address }
+        return slots.contains { $0.backend == unit.id }
     }
 
-    /// Runs `function` on this queue's session for `backend`; nil reply when there is none.
-    func taskManagement(_ function: SCSITaskManagementFunction, backend: Int,
+    /// Runs `function` on this queue's session for `unit`; nil reply when there is none.
+    func taskManagement(_ function: SCSITaskManagementFunction, unit: LogicalUnit,
                         reply: @escaping (SCSITaskManagementResponse?) -> Void) {
-        guard let session = sessions[backend] else {
+        guard let session = sessions[unit.id] else {
             reply(nil)
             return
         }
-        session.taskManagement(function, lun: lunMap.backendLUN(backend)) { response in
+        session.taskManagement(function, lun: unit.backendLUN) { response in
             reply(response)
         }
         session.flush()

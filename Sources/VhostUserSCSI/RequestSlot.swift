@@ -14,8 +14,10 @@ final class RequestSlot {
     var head: UInt16 = 0
     var id: UInt64 = 0
     var address = VirtioSCSIAddress(target: 0, lun: 0)
-    /// The configured unit the command went to; -1 while the slot is free.
+    /// The id of the logical unit the command went to (`LogicalUnit.id`); -1 while the slot is free.
     var backend = -1
+    /// That unit's LUN at the backend, for aborting the command after the unit is removed.
+    var backendLUN: UInt16 = 0
     /// The ring start the request came from (see RequestQueueWorker.generation).
     var generation = 0
     var dataInLength = 0

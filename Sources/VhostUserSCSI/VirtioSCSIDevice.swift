@@ -1,5 +1,6 @@
 import Dispatch
 import ServerLog
+import Synchronization
 import VhostUserBackend
 import VirtioCore
 import VirtioSCSI
@@ -9,22 +10,24 @@ import VirtioSCSI
 /// own serial queue that lives as long as the device.
 public final class VirtioSCSIDevice: VhostUserDevice {
     public let requestQueueCount: Int
-    let lunMap: LUNMap
+    /// The current LUN map, changed at runtime (VirtioSCSIDevice+LUNs.swift); every queue
+    /// worker has its own copy.
+    let lunState: Mutex<LUNState>
     private let queues: [DispatchQueue]
-    private let control: ControlQueueWorker
-    private let events: EventQueueWorker
-    private let requests: [RequestQueueWorker]
+    let control: ControlQueueWorker
+    let events: EventQueueWorker
+    let requests: [RequestQueueWorker]
 
     public init(lunMap: LUNMap, requestQueues: Int, sessionFactory: @escaping SCSISessionFactory) {
         precondition(requestQueues >= 1)
-        self.lunMap = lunMap
+        lunState = Mutex(LUNState(map: lunMap))
         requestQueueCount = requestQueues
         let queues = (0..<(requestQueues + 2)).map { index in
             let name = index == 0 ? "control" : index == 1 ? "event" : "request\(index - 2)"
             return DispatchQueue(label: "virtio-scsi.\(name)", qos: .userInitiated)
         }
         let requests = (0..<requestQueues).map { i in
-            RequestQueueWorker(queue: queues[i + 2], lunMap: lunMap, backendCount: lunMap.count, sessionFactory: sessionFactory)
+            RequestQueueWorker(queue: queues[i + 2], lunMap: lunMap, sessionFactory: sessionFactory)
         }
         self.queues = queues
         self.requests = requests
@@ -32,9 +35,10 @@ public final class VirtioSCSIDevice: VhostUserDevice {
         events = EventQueueWorker(queue: queues[1])
     }
 
-    /// The device offers no device-specific features: it emits no hotplug or parameter
-    /// change events, and bidirectional commands (INOUT) and T10 PI are not supported.
-    public var virtioFeatures: VirtioFeatures { [] }
+    /// LUNs added and removed at runtime are reported as transport reset events
+    /// (VIRTIO_SCSI_F_HOTPLUG), capacity changes as parameter change events
+    /// (VIRTIO_SCSI_F_CHANGE). Bidirectional commands (INOUT) and T10 PI are not supported.
+    public var virtioFeatures: VirtioFeatures { [.scsiHotplug, .scsiChange] }
 
     public var queueCount: Int { requestQueueCount + 2 }
 

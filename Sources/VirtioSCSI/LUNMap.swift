@@ -1,28 +1,120 @@
 import SCSICore
 
-/// Which guest addresses (target, LUN) are backed by which configured logical unit, and
-/// that unit's LUN number at the backend (the iSCSI target's LUN).
-public struct LUNMap: Sendable {
-    public private(set) var entries: [VirtioSCSIAddress: Int] = [:]
-    private let backendLUNs: [UInt16]
+/// One logical unit the guest can address: where the guest sees it, the LUN number at the
+/// backend (the iSCSI target's LUN) and a backend id that is never reused, so the sessions,
+/// request slots and in-flight commands of a removed unit are never taken for those of a
+/// later unit at the same address.
+public struct LogicalUnit: Sendable, Hashable, CustomStringConvertible {
+    /// Stable for the device's lifetime. The units given at startup get 0, 1, ... in order;
+    /// each unit added later the next number.
+    public let id: Int
+    public let address: VirtioSCSIAddress
+    public let backendLUN: UInt16
 
-    /// `units[i]` is the guest address and backend LUN of configured unit `i`.
-    public init(_ units: [(address: VirtioSCSIAddress, backendLUN: UInt16)]) {
-        for (index, unit) in units.enumerated() { entries[unit.address] = index }
-        backendLUNs = units.map(\.backendLUN)
+    public init(id: Int, address: VirtioSCSIAddress, backendLUN: UInt16) {
+        self.id = id
+        self.address = address
+        self.backendLUN = backendLUN
     }
 
-    public var count: Int { backendLUNs.count }
+    public var description: String { "\(address) (backend LUN \(backendLUN), id \(id))" }
+}
 
-    public func backendLUN(_ index: Int) -> UInt16 { backendLUNs[index] }
+/// Why a change to the LUN map was refused. One line each, for a control socket's answer.
+public enum LUNMapError: Error, Equatable, CustomStringConvertible {
+    case addressInUse(VirtioSCSIAddress)
+    case noSuchLUN(VirtioSCSIAddress)
+    /// virtio-scsi carries 14-bit LUNs (SAM flat addressing, virtio v1.2 §5.6.6.1).
+    case lunOutOfRange(VirtioSCSIAddress)
 
-    public func backendIndex(for address: VirtioSCSIAddress) -> Int? { entries[address] }
+    public var description: String {
+        switch self {
+        case .addressInUse(let a): return "LUN \(a) is already configured"
+        case .noSuchLUN(let a): return "LUN \(a) is not configured"
+        case .lunOutOfRange(let a): return "LUN \(a): LUN numbers go up to \(LUNMap.maxLUN)"
+        }
+    }
+}
 
-    public func hasTarget(_ target: UInt8) -> Bool { entries.keys.contains { $0.target == target } }
+/// Which guest addresses (target, LUN) are backed by which logical unit. A value: the device
+/// keeps the current one behind a lock and hands each queue its own copy (Docs/HOTPLUG.md).
+public struct LUNMap: Sendable {
+    public static let maxLUN: UInt16 = 0x3FFF
+
+    private var byAddress: [VirtioSCSIAddress: LogicalUnit] = [:]
+    /// Number of units on each target that has any (a target with none answers BAD_TARGET).
+    private var unitsPerTarget: [UInt8: Int] = [:]
+    /// The id the next unit added gets; also one more than the largest id ever given.
+    public private(set) var nextID = 0
+    /// Bumped by every change, so a queue that gets two maps out of order keeps the newer.
+    public private(set) var version = 0
+
+    /// `units[i]` becomes the unit with id `i`.
+    public init(_ units: [(address: VirtioSCSIAddress, backendLUN: UInt16)]) {
+        for unit in units { insert(LogicalUnit(id: nextID, address: unit.address, backendLUN: unit.backendLUN)) }
+        version = 0
+    }
+
+    /// Every unit, ordered by target and LUN.
+    public var units: [LogicalUnit] {
+        byAddress.values.sorted { ($0.address.target, $0.address.lun) < ($1.address.target, $1.address.lun) }
+    }
+
+    public var count: Int { byAddress.count }
+
+    public func unit(at address: VirtioSCSIAddress) -> LogicalUnit? { byAddress[address] }
+
+    public func hasTarget(_ target: UInt8) -> Bool { unitsPerTarget[target] != nil }
 
     /// The LUNs configured on `target`, ascending.
     public func luns(of target: UInt8) -> [UInt16] {
-        entries.keys.filter { $0.target == target }.map(\.lun).sorted()
+        byAddress.keys.filter { $0.target == target }.map(\.lun).sorted()
+    }
+
+    /// Adds a unit at `address` with the next id.
+    @discardableResult
+    public mutating func add(address: VirtioSCSIAddress, backendLUN: UInt16) throws(LUNMapError) -> LogicalUnit {
+        let id = try reserveID(for: address)
+        return try add(id: id, address: address, backendLUN: backendLUN)
+    }
+
+    /// Checks that a unit can be added at `address` and takes an id for it, without adding
+    /// it yet (see `add(id:address:backendLUN:)`). An id taken and never used is just skipped.
+    public mutating func reserveID(for address: VirtioSCSIAddress) throws(LUNMapError) -> Int {
+        guard address.lun <= Self.maxLUN else { throw .lunOutOfRange(address) }
+        guard byAddress[address] == nil else { throw .addressInUse(address) }
+        nextID += 1
+        return nextID - 1
+    }
+
+    /// Adds a unit with an id from `reserveID(for:)`.
+    @discardableResult
+    public mutating func add(id: Int, address: VirtioSCSIAddress, backendLUN: UInt16) throws(LUNMapError) -> LogicalUnit {
+        precondition(id < nextID, "unit ids come from reserveID(for:)")
+        guard address.lun <= Self.maxLUN else { throw .lunOutOfRange(address) }
+        guard byAddress[address] == nil else { throw .addressInUse(address) }
+        let unit = LogicalUnit(id: id, address: address, backendLUN: backendLUN)
+        insert(unit)
+        return unit
+    }
+
+    /// Removes the unit at `address`; its id is never given again.
+    @discardableResult
+    public mutating func remove(address: VirtioSCSIAddress) throws(LUNMapError) -> LogicalUnit {
+        guard let unit = byAddress.removeValue(forKey: address) else { throw .noSuchLUN(address) }
+        let left = unitsPerTarget[address.target, default: 1] - 1
+        unitsPerTarget[address.target] = left > 0 ? left : nil
+        version += 1
+        return unit
+    }
+
+    private mutating func insert(_ unit: LogicalUnit) {
+        // Only the startup list can name an address twice: the later entry wins.
+        if byAddress.updateValue(unit, forKey: unit.address) == nil {
+            unitsPerTarget[unit.address.target, default: 0] += 1
+        }
+        nextID = max(nextID, unit.id + 1)
+        version += 1
     }
 }
 

@@ -49,6 +49,14 @@ public struct VirtioSCSIAddress: Hashable, Sendable, CustomStringConvertible {
         [1, target, UInt8(lun >> 8) | 0x40, UInt8(lun & 0xFF), 0, 0, 0, 0]
     }
 
+    /// The LUN field of an event (virtio v1.2 §5.6.6.3) in the encoding REPORT LUNS uses:
+    /// peripheral below 256, flat from 256 (as QEMU sends it). Linux takes bytes 2-3 as the
+    /// LUN number its scan would have found; with the flat bit on LUN 3 it would add a
+    /// phantom LUN 0x4003 instead of LUN 3.
+    public var eventLUNField: [UInt8] {
+        [1, target, lun < 256 ? 0 : UInt8(lun >> 8) | 0x40, UInt8(lun & 0xFF), 0, 0, 0, 0]
+    }
+
     public var description: String { "\(target):\(lun)" }
 }
 
@@ -147,6 +155,16 @@ public struct VirtioSCSIEvent: Sendable, Equatable {
     public static let paramChange: UInt32 = 3
     /// Or'ed into `event` when the device had to drop events for lack of buffers.
     public static let eventsMissed: UInt32 = 0x8000_0000
+    /// `reason` of a transport reset: VIRTIO_SCSI_EVT_RESET_RESCAN (a LUN appeared; Linux
+    /// calls scsi_add_device) and VIRTIO_SCSI_EVT_RESET_REMOVED (scsi_remove_device).
+    public static let resetRescan: UInt32 = 1
+    public static let resetRemoved: UInt32 = 2
+
+    /// `reason` of a parameter change: the sense code of the unit attention it stands for,
+    /// ASC | ASCQ << 8. Linux rescans the device for ASC 2Ah with ASCQ 00h, 01h or 09h.
+    public static func parameterChangeReason(asc: UInt8, ascq: UInt8) -> UInt32 { UInt32(asc) | UInt32(ascq) << 8 }
+    /// CAPACITY DATA HAS CHANGED (SPC-4 Annex F: ASC 2Ah, ASCQ 09h).
+    public static let capacityDataChanged = parameterChangeReason(asc: 0x2A, ascq: 0x09)
 
     public var event: UInt32
     public var address: VirtioSCSIAddress
@@ -164,7 +182,7 @@ public struct VirtioSCSIEvent: Sendable, Equatable {
             raw.storeBytes(of: event.littleEndian, toByteOffset: 0, as: UInt32.self)
             raw.storeBytes(of: reason.littleEndian, toByteOffset: 12, as: UInt32.self)
         }
-        b.replaceSubrange(4..<12, with: address.lunField)
+        b.replaceSubrange(4..<12, with: address.eventLUNField)
         return b
     }
 }

@@ -26,13 +26,14 @@ final class ServerHarness {
     let device: VirtioSCSIDevice
     let server: VhostUserServer
 
-    init(requestQueues: Int = 1, drainTimeout: DispatchTimeInterval = .seconds(5)) throws {
+    /// `spareDisks` more disks back units added at runtime: ids 2, 3, ... (see HotplugTests).
+    init(requestQueues: Int = 1, drainTimeout: DispatchTimeInterval = .seconds(5), spareDisks: Int = 0) throws {
         let tmp = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
         var template = Array("\(tmp)/vus-test-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw TestSupportError.system("mkdtemp", errno) }
         directory = String(cString: made)
         socketPath = directory + "/vhost-user-scsi.sock"
-        backend = RecordingSCSIBackend(units: Self.units.count, blocks: 4096)  // 2 MiB each
+        backend = RecordingSCSIBackend(units: Self.units.count + spareDisks, blocks: 4096)  // 2 MiB each
         device = VirtioSCSIDevice(lunMap: LUNMap(Self.units), requestQueues: requestQueues,
                                   sessionFactory: backend.sessionFactory)
         server = VhostUserServer(socketPath: socketPath, device: device, options: BackendOptions(drainTimeout: drainTimeout))
@@ -55,8 +56,10 @@ final class ServerHarness {
 
     /// Connects a guest driver and starts all rings like QEMU does.
     func connectGuest(queueSize: UInt16 = 128,
-                      regions: [(guestAddress: UInt64, size: Int)] = GuestDriver.defaultRegions) throws -> GuestDriver {
-        try GuestDriver(socketPath: socketPath, queueCount: device.queueCount, queueSize: queueSize, regions: regions)
+                      regions: [(guestAddress: UInt64, size: Int)] = GuestDriver.defaultRegions,
+                      features: VirtioFeatures = FakeFrontend.qemuFeatures) throws -> GuestDriver {
+        try GuestDriver(socketPath: socketPath, queueCount: device.queueCount, queueSize: queueSize, regions: regions,
+                        features: features)
     }
 }
 
@@ -115,10 +118,11 @@ final class GuestDriver {
     static let defaultRegions: [(guestAddress: UInt64, size: Int)] = [(0, 4 << 20), (0x1_0000_0000, 4 << 20)]
 
     init(socketPath: String, queueCount: Int, queueSize: UInt16,
-         regions: [(guestAddress: UInt64, size: Int)] = GuestDriver.defaultRegions) throws {
+         regions: [(guestAddress: UInt64, size: Int)] = GuestDriver.defaultRegions,
+         features: VirtioFeatures = FakeFrontend.qemuFeatures) throws {
         memory = try TestGuestMemory(regions: regions)
         frontend = try FakeFrontend(socketPath: socketPath)
-        let queues = try frontend.negotiate()
+        let queues = try frontend.negotiate(features: features)
         guard queues == queueCount else { throw TestSupportError.protocolError("GET_QUEUE_NUM \(queues), expected \(queueCount)") }
         let memory = self.memory
         rings = (0..<queueCount).map { _ in MockSplitQueue(memory: memory, size: queueSize) }

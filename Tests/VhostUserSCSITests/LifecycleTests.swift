@@ -283,7 +283,7 @@ import VirtioTestSupport
         #expect(used == [UsedElement(id: UInt32(head), length: 16)])
         let e = g.memory.read(buffer, count: 16)
         #expect(Array(e[0..<4]) == [1, 0, 0, 0])
-        #expect(Array(e[4..<8]) == [1, 0, 0x40, 3])
+        #expect(Array(e[4..<8]) == [1, 0, 0, 3], "the LUN as REPORT LUNS encodes it")
         #expect(Array(e[12..<16]) == [1, 0, 0, 0])
     }
 

@@ -104,7 +104,19 @@ import VirtioSCSI
     @Test func eventEncoding() {
         let e = VirtioSCSIEvent(event: VirtioSCSIEvent.transportReset | VirtioSCSIEvent.eventsMissed,
                                 address: VirtioSCSIAddress(target: 1, lun: 2), reason: 2)
-        #expect(e.encoded() == [1, 0, 0, 0x80, 1, 1, 0x40, 2, 0, 0, 0, 0, 2, 0, 0, 0])
+        #expect(e.encoded() == [1, 0, 0, 0x80, 1, 1, 0, 2, 0, 0, 0, 0, 2, 0, 0, 0])
+    }
+
+    /// Events carry the LUN as REPORT LUNS does (peripheral below 256, flat from 256): Linux
+    /// hands bytes 2-3 to scsi_add_device / scsi_device_lookup unmasked.
+    @Test func eventLUNEncoding() {
+        #expect(VirtioSCSIAddress(target: 3, lun: 0).eventLUNField == [1, 3, 0, 0, 0, 0, 0, 0])
+        #expect(VirtioSCSIAddress(target: 3, lun: 255).eventLUNField == [1, 3, 0, 0xFF, 0, 0, 0, 0])
+        #expect(VirtioSCSIAddress(target: 3, lun: 256).eventLUNField == [1, 3, 0x41, 0, 0, 0, 0, 0])
+        #expect(VirtioSCSIAddress(target: 0, lun: 16383).eventLUNField == [1, 0, 0x7F, 0xFF, 0, 0, 0, 0])
+        // The same LUN, as REPORT LUNS lists it: bytes 2-3 of the event are bytes 0-1 there.
+        let listed = LocalResponses.reportLUNs([300])
+        #expect(Array(VirtioSCSIAddress(target: 0, lun: 300).eventLUNField[2..<4]) == Array(listed[8..<10]))
     }
 }
 
@@ -146,13 +158,36 @@ import VirtioSCSI
         let map = LUNMap([(VirtioSCSIAddress(target: 0, lun: 0), 3), (VirtioSCSIAddress(target: 0, lun: 300), 9),
                           (VirtioSCSIAddress(target: 2, lun: 1), 0)])
         #expect(map.count == 3)
-        #expect(map.backendIndex(for: VirtioSCSIAddress(target: 0, lun: 300)) == 1)
-        #expect(map.backendLUN(1) == 9)
-        #expect(map.backendIndex(for: VirtioSCSIAddress(target: 0, lun: 1)) == nil)
+        #expect(map.unit(at: VirtioSCSIAddress(target: 0, lun: 300)) ==
+                LogicalUnit(id: 1, address: VirtioSCSIAddress(target: 0, lun: 300), backendLUN: 9))
+        #expect(map.unit(at: VirtioSCSIAddress(target: 0, lun: 1)) == nil)
+        #expect(map.units.map(\.id) == [0, 1, 2], "ordered by target and LUN")
         #expect(map.hasTarget(0) && map.hasTarget(2) && !map.hasTarget(1))
         #expect(map.luns(of: 0) == [0, 300])
         #expect(map.luns(of: 2) == [1])
         #expect(map.luns(of: 5) == [])
+    }
+
+    /// Units added and removed at runtime: ids are never reused, a target without units is
+    /// gone, every change bumps the version.
+    @Test func lunMapChanges() throws {
+        var map = LUNMap([(VirtioSCSIAddress(target: 0, lun: 0), 1)])
+        let a = VirtioSCSIAddress(target: 1, lun: 4)
+        #expect(!map.hasTarget(1))
+        let added = try map.add(address: a, backendLUN: 2)
+        #expect(added.id == 1 && map.version == 1)
+        #expect(map.hasTarget(1) && map.luns(of: 1) == [4])
+        #expect(throws: LUNMapError.addressInUse(a)) { try map.add(address: a, backendLUN: 3) }
+        #expect(try map.remove(address: a) == added)
+        #expect(!map.hasTarget(1) && map.unit(at: a) == nil && map.version == 2)
+        #expect(throws: LUNMapError.noSuchLUN(a)) { try map.remove(address: a) }
+        #expect(try map.add(address: a, backendLUN: 2).id == 2, "a new id at the same address")
+        let reserved = try map.reserveID(for: VirtioSCSIAddress(target: 0, lun: 9))
+        #expect(reserved == 3 && map.unit(at: VirtioSCSIAddress(target: 0, lun: 9)) == nil)
+        #expect(try map.add(address: VirtioSCSIAddress(target: 0, lun: 8), backendLUN: 0).id == 4)
+        let far = VirtioSCSIAddress(target: 0, lun: 16384)
+        #expect(throws: LUNMapError.lunOutOfRange(far)) { try map.add(address: far, backendLUN: 0) }
+        #expect("\(LUNMapError.addressInUse(a))" == "LUN 1:4 is already configured")
     }
 }
 
