@@ -4,6 +4,8 @@
 #   unit + integration   swift test: in-memory ring, protocol, device and hostile-input tests,
 #                        the fuzz corpus replay, and the iSCSI initiator against a real tgtd
 #   end to end           Scripts/e2e.sh: a QEMU guest on the server, two LUNs, two queues
+#   hotplug              Scripts/hotplug-test.sh: two controllers from a config file, one guest;
+#                        vhost-user-scsi-ctl adds, grows and removes a LUN while it runs
 #   reconnect            Scripts/reconnect-test.sh: SIGKILL the server under guest I/O (QEMU 10)
 #   migration            Scripts/migrate-test.sh: live migration back and forth with QEMU 10.0,
 #                        with a slowed target, and the negative control (data-in logging
@@ -75,6 +77,7 @@ debug_bin=$(swift build --show-bin-path)/vhost-user-scsi
 swift build --product vhost-user-scsi 2>&1 | tail -1
 
 run_suite end-to-end "$here/e2e.sh" "$bin/vhost-user-scsi"
+run_suite hotplug "$here/hotplug-test.sh" "$bin"
 run_suite reconnect "$here/reconnect-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10"
 run_suite migration-qemu10 "$here/migrate-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10" --rounds 3
 run_suite migration-qemu10-slow-target "$here/migrate-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10" \

@@ -1,6 +1,7 @@
 import ControlProtocol
 import ISCSIInitiator
 import ServerLog
+import VhostUserSCSI
 import VirtioSCSI
 
 /// The control protocol's commands (Docs/CONTROL.md): a request object in, a response object
@@ -20,6 +21,31 @@ struct ControlCommands: Sendable {
                 response = ["version": .string(Options.version)]
             case "list":
                 response = ["controllers": .array(try selected(request).map(describe))]
+            case "add-lun":
+                let controller = try controller(named: request["controller"])
+                let address = try address(request)
+                guard let text = request["url"]?.stringValue else { throw ControlError("\"url\" is required") }
+                let url: ISCSIURL
+                do { url = try ISCSIURL(parsing: text) } catch { throw ControlError("url: \(error)") }
+                let (unit, guest) = try controller.addLUN(address: address, url: url, login: login)
+                response = ["lun": describe(unit), "guest": .string(guest.protocolName),
+                            "message": .string("\(controller.name): added \(address) = \(url), "
+                                               + "\(unit.probe.bytes / 1_048_576) MiB; guest \(guest)")]
+            case "remove-lun":
+                let controller = try controller(named: request["controller"])
+                let address = try address(request)
+                let (_, guest) = try controller.removeLUN(address: address)
+                response = ["guest": .string(guest.protocolName),
+                            "message": .string("\(controller.name): removed \(address); guest \(guest)")]
+            case "resize-lun":
+                let controller = try controller(named: request["controller"])
+                let address = try address(request)
+                let (before, after, guest) = try controller.refreshCapacity(address: address, login: login)
+                response = ["bytes_before": .number(Double(before.bytes)), "bytes": .number(Double(after.bytes)),
+                            "guest": .string(guest?.protocolName ?? "unchanged"),
+                            "message": .string(guest.map { "\(controller.name): \(address) is now \(after.bytes) bytes "
+                                                          + "(was \(before.bytes)); guest \($0)" }
+                                               ?? "\(controller.name): \(address) is still \(after.bytes) bytes; nothing to tell the guest")]
             default:
                 throw ControlError("unknown command '\(command)' (commands: \(Self.commands.joined(separator: ", ")))")
             }
@@ -30,7 +56,7 @@ struct ControlCommands: Sendable {
         }
     }
 
-    static let commands = ["version", "list"]
+    static let commands = ["version", "list", "add-lun", "remove-lun", "resize-lun"]
 
     // MARK: - Arguments
 
@@ -74,6 +100,17 @@ struct ControlCommands: Sendable {
             "blocks": .number(Double(unit.probe.blocks)),
             "block_size": .number(Double(unit.probe.blockSize)),
         ])
+    }
+}
+
+extension GuestNotification {
+    /// The spelling in control responses (Docs/CONTROL.md).
+    var protocolName: String {
+        switch self {
+        case .delivered: return "delivered"
+        case .missed: return "missed"
+        case .notNegotiated: return "not-negotiated"
+        }
     }
 }
 

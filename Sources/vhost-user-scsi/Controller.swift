@@ -54,6 +54,46 @@ final class Controller: Sendable {
         device.closeSessions()
     }
 
+    /// Probes `url` and, when it is a disk, adds it at `address`; the guest is told through the
+    /// event queue. Returns the unit and what became of the event.
+    func addLUN(address: VirtioSCSIAddress, url: ISCSIURL, login: LoginSettings) throws -> (Unit, GuestNotification) {
+        let probe = try LUNProbe.run(url, login: login)
+        let unit = Unit(address: address, url: url, probe: probe)
+        let notified = NotificationWait()
+        try device.addLUN(address: address, backendLUN: url.lun, register: { id in units.set(unit, for: id) },
+                          completion: notified.complete)
+        Log.info("\(name): guest \(address) = \(url): \(probe.vendor) \(probe.product), \(probe.bytes / 1_048_576) MiB, added")
+        return (unit, notified.wait())
+    }
+
+    /// Takes the unit at `address` away: its commands in flight are aborted, its sessions log
+    /// out and the guest is told.
+    func removeLUN(address: VirtioSCSIAddress) throws -> (Unit?, GuestNotification) {
+        let notified = NotificationWait()
+        let removed = try device.removeLUN(address: address, completion: notified.complete)
+        let unit = units.unit(of: removed.id)
+        units.set(nil, for: removed.id)
+        Log.info("\(name): guest \(address) removed")
+        return (unit, notified.wait())
+    }
+
+    /// Reads the unit's capacity again; when it changed, the guest is told to re-read it.
+    /// Returns the capacity before and after, and the event's fate (nil: nothing changed).
+    func refreshCapacity(address: VirtioSCSIAddress, login: LoginSettings) throws -> (before: LUNProbe, after: LUNProbe, GuestNotification?) {
+        guard let id = device.logicalUnits.first(where: { $0.address == address })?.id, var unit = units.unit(of: id) else {
+            throw ControllerError(description: "no LUN at guest address \(address)")
+        }
+        let before = unit.probe
+        let after = try LUNProbe.run(unit.url, login: login)
+        guard after.blocks != before.blocks || after.blockSize != before.blockSize else { return (before, after, nil) }
+        unit.probe = after
+        units.set(unit, for: id)
+        let notified = NotificationWait()
+        try device.reportCapacityChanged(address: address, completion: notified.complete)
+        Log.info("\(name): guest \(address) capacity \(before.bytes) -> \(after.bytes) bytes")
+        return (before, after, notified.wait())
+    }
+
     /// The logical units, in guest address order.
     var unitList: [Unit] {
         units.all.sorted { ($0.address.target, $0.address.lun) < ($1.address.target, $1.address.lun) }
@@ -75,5 +115,26 @@ final class UnitTable: Sendable {
 
     var all: [Controller.Unit] { units.withLock { Array($0.values) } }
 
+    func unit(of backend: Int) -> Controller.Unit? { units.withLock { $0[backend] } }
+
     func set(_ unit: Controller.Unit?, for backend: Int) { units.withLock { $0[backend] = unit } }
+}
+
+/// Waits for a device change to reach every queue and the guest. Bounded: a queue busy with
+/// a login to an unreachable target must not hang the control client forever.
+final class NotificationWait: Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private let result = Mutex<GuestNotification?>(nil)
+
+    var complete: @Sendable (GuestNotification) -> Void {
+        { [self] notification in
+            result.withLock { $0 = notification }
+            done.signal()
+        }
+    }
+
+    func wait(seconds: Int = 60) -> GuestNotification {
+        _ = done.wait(timeout: .now() + .seconds(seconds))
+        return result.withLock { $0 } ?? .missed
+    }
 }
