@@ -38,7 +38,9 @@ let package = Package(
                 dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog", "ServerMetrics"]),
         // The HTTP listener serving GET /metrics in the Prometheus text format.
         .target(name: "MetricsExporter", dependencies: ["ServerMetrics", "ServerLog"]),
-        .executableTarget(name: "vhost-user-scsi", dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog"]),
+        .executableTarget(name: "vhost-user-scsi",
+                          dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog", "ServerMetrics",
+                                         "MetricsExporter"]),
 
         // The driver side of vhost-user and virtio (a frontend and a guest driver in one
         // process): used by the load generator and by the tests.
