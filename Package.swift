@@ -12,6 +12,9 @@ let package = Package(
         .executable(name: "vhost-user-scsi-bench", targets: ["vhost-user-scsi-bench"]),
         .executable(name: "vhost-user-scsi-microbench", targets: ["vhost-user-scsi-microbench"]),
     ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
     targets: [
         // C: CMSG_* wrappers, eventfd, memfd and memory fences that Swift's Glibc module lacks.
         .target(name: "CVhostShims"),
@@ -19,7 +22,11 @@ let package = Package(
         .systemLibrary(name: "CLibISCSI", pkgConfig: "libiscsi", providers: [.apt(["libiscsi-dev"])]),
 
         // Pure Swift layers: no Dispatch, no syscalls; unit-tested and fuzzed in memory.
-        .target(name: "ServerLog"),
+        // Logging: the `Log` façade over swift-log, one line per event (text or JSON).
+        .target(name: "ServerLog", dependencies: [.product(name: "Logging", package: "swift-log")]),
+        // Per-queue counters, the latency histogram, statistics snapshots and the Prometheus
+        // text rendering (Docs/OBSERVABILITY.md).
+        .target(name: "ServerMetrics"),
         .target(name: "SCSICore"),
         .target(name: "VirtioCore", dependencies: ["CVhostShims"]),
         .target(name: "VhostUserProtocol"),
@@ -28,11 +35,15 @@ let package = Package(
         // I/O layers.
         .target(name: "VhostUserBackend", dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog"]),
         .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog"]),
-        .target(name: "VhostUserSCSI", dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog"]),
+        .target(name: "VhostUserSCSI",
+                dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog", "ServerMetrics"]),
+        // The HTTP listener serving GET /metrics in the Prometheus text format.
+        .target(name: "MetricsExporter", dependencies: ["ServerMetrics", "ServerLog"]),
         // The JSON of the configuration file and the control socket, shared with the client.
         .target(name: "ControlProtocol"),
         .executableTarget(name: "vhost-user-scsi",
-                          dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog", "ControlProtocol"]),
+                          dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog", "ServerMetrics",
+                                         "MetricsExporter", "ControlProtocol"]),
         // The control socket's client (Docs/CONTROL.md).
         .executableTarget(name: "vhost-user-scsi-ctl", dependencies: ["ControlProtocol"]),
 
@@ -48,7 +59,7 @@ let package = Package(
         // CMallocCounter interposes malloc in that executable only, to count allocations.
         .target(name: "CMallocCounter"),
         .executableTarget(name: "vhost-user-scsi-microbench",
-                          dependencies: ["CMallocCounter", "VhostUserDriver", "VirtioCore", "VirtioSCSI"]),
+                          dependencies: ["CMallocCounter", "VhostUserDriver", "VirtioCore", "VirtioSCSI", "ServerMetrics"]),
 
         // Fuzz entry points (pure functions over bytes); libFuzzer drivers in Fuzz/, corpus
         // replayed by FuzzCorpusTests.
@@ -65,9 +76,12 @@ let package = Package(
         .testTarget(name: "VhostUserProtocolTests", dependencies: ["VhostUserProtocol"]),
         .testTarget(name: "VirtioSCSITests", dependencies: ["VirtioSCSI", "SCSICore"]),
         .testTarget(name: "VhostUserSCSITests",
-                    dependencies: ["VhostUserSCSI", "VhostUserBackend", "VirtioTestSupport", "SCSICore", "VirtioSCSI"]),
+                    dependencies: ["VhostUserSCSI", "VhostUserBackend", "VirtioTestSupport", "SCSICore", "VirtioSCSI",
+                                   "ServerMetrics", "MetricsExporter"]),
         .testTarget(name: "ISCSIInitiatorTests", dependencies: ["ISCSIInitiator", "SCSICore"]),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
         .testTarget(name: "ServerTests", dependencies: ["vhost-user-scsi", "ControlProtocol", "ISCSIInitiator"]),
+        .testTarget(name: "ServerLogTests", dependencies: ["ServerLog", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "ServerMetricsTests", dependencies: ["ServerMetrics", "MetricsExporter", "VirtioTestSupport"]),
     ]
 )

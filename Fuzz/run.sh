@@ -32,7 +32,9 @@ swift build --scratch-path "$SCRATCH" --target FuzzTargets \
     | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write)' >&2
 [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "build failed" >&2; exit 1; }
 BIN=$(swift build --scratch-path "$SCRATCH" --show-bin-path)
-MODULES=(FuzzTargets VhostUserSCSI VhostUserBackend VirtioSCSI VirtioCore VhostUserProtocol SCSICore ServerLog CVhostShims)
+# Logging is swift-log (ServerLog's backend).
+MODULES=(FuzzTargets VhostUserSCSI VhostUserBackend VirtioSCSI VirtioCore VhostUserProtocol SCSICore ServerLog ServerMetrics
+         Logging CVhostShims)
 OBJECTS=()
 for m in "${MODULES[@]}"; do
     for o in "$BIN/$m.build/"*.o; do OBJECTS+=("$o"); done

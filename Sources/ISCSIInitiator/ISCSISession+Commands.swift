@@ -211,6 +211,7 @@ extension ISCSISession {
 
     @inline(__always)
     func deliver(token: Int, _ completion: SCSICompletion) {
+        if completion.outcome == .transportFailure { commandFailures &+= 1 }
         if let sink = completionSink {
             sink.scsiCommandCompleted(token: token, completion)
             // Inside `service` the batch ends when libiscsi returns; elsewhere it is this one.

@@ -92,6 +92,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     var outages = 0
     var reconnects = 0
     var lastOutageSeconds: Double?
+    /// Commands delivered with `.transportFailure` (ISCSISession+Counters.swift).
+    var commandFailures: UInt64 = 0
 
     /// Connects and logs in synchronously (blocking the calling thread, at most about
     /// `loginTimeout` seconds plus TCP connect time), checking that `url.lun` answers.

@@ -136,8 +136,35 @@ public protocol SCSITargetSession: AnyObject {
 
     /// Cancels every outstanding command (each completes with `.aborted`) and logs out.
     func close()
+
+    /// What the session has counted since it was made (read on the session's queue, for
+    /// metrics); zeros by default.
+    var sessionCounters: SCSISessionCounters { get }
 }
 
 extension SCSITargetSession {
     public var deliversCompletionsInBatches: Bool { false }
+    public var sessionCounters: SCSISessionCounters { SCSISessionCounters() }
+}
+
+/// Transport events a session counts, for metrics (Docs/OBSERVABILITY.md).
+public struct SCSISessionCounters: Sendable, Equatable {
+    /// Logins again after the connection was lost.
+    public var reconnects: UInt64
+    /// Connections lost (or the target declared dead).
+    public var connectionLosses: UInt64
+    /// Commands completed with `.transportFailure`.
+    public var commandFailures: UInt64
+
+    public init(reconnects: UInt64 = 0, connectionLosses: UInt64 = 0, commandFailures: UInt64 = 0) {
+        self.reconnects = reconnects
+        self.connectionLosses = connectionLosses
+        self.commandFailures = commandFailures
+    }
+
+    public static func + (a: SCSISessionCounters, b: SCSISessionCounters) -> SCSISessionCounters {
+        SCSISessionCounters(reconnects: a.reconnects &+ b.reconnects,
+                            connectionLosses: a.connectionLosses &+ b.connectionLosses,
+                            commandFailures: a.commandFailures &+ b.commandFailures)
+    }
 }

@@ -1,65 +1,74 @@
-import Glibc
+import Logging
 import Synchronization
 
-/// Log levels, ordered by severity (the spellings of `--log-level`).
-public enum LogLevel: Int, Comparable, Sendable, CaseIterable {
-    case trace, debug, info, warning, error
+/// Structured metadata of one event: swift-log's `Logger.Metadata`, written as `key=value`
+/// pairs (text) or as members of the line's JSON object (json).
+public typealias LogMetadata = Logger.Metadata
 
-    public init?(name: String) {
-        guard let level = LogLevel.allCases.first(where: { $0.name == name }) else { return nil }
-        self = level
-    }
-
-    public var name: String {
-        switch self {
-        case .trace: return "trace"
-        case .debug: return "debug"
-        case .info: return "info"
-        case .warning: return "warning"
-        case .error: return "error"
-        }
-    }
-
-    public static func < (a: LogLevel, b: LogLevel) -> Bool { a.rawValue < b.rawValue }
-}
-
-/// A process-wide line logger to stderr: one `write(2)` per line, so lines from different
-/// queues never interleave. Cheap when a level is off: the message is an autoclosure.
+/// The process-wide logger the server's code calls: `Log.info("...")`,
+/// `Log.error("...", metadata: ["lun": "0:1"])`.
+///
+/// It is a façade over a swift-log `Logger` whose handler is `LineLogHandler` (one line per
+/// event on stderr, one `write(2)` per line, so lines from different queues never interleave).
+/// Cheap when a level is off: the message and the metadata are autoclosures, and the level is
+/// one relaxed atomic load, checked before swift-log is touched.
 public enum Log {
     private static let threshold = Atomic<Int>(LogLevel.info.rawValue)
+    private static let formatSetting = Atomic<Int>(LogFormat.text.rawValue)
 
+    /// The least severe level written (`--log-level`); default info.
     public static var level: LogLevel {
         get { LogLevel(rawValue: threshold.load(ordering: .relaxed)) ?? .info }
         set { threshold.store(newValue.rawValue, ordering: .relaxed) }
     }
+
+    /// How lines are written (`--log-format`); default text. Applies to every `LineLogHandler`
+    /// made without a format of its own, from the next event on.
+    public static var format: LogFormat {
+        get { LogFormat(rawValue: formatSetting.load(ordering: .relaxed)) ?? .text }
+        set { formatSetting.store(newValue.rawValue, ordering: .relaxed) }
+    }
+
+    /// The swift-log logger behind the façade, for code that wants a `Logger` (its level
+    /// follows `Log.level`). To route other libraries' swift-log output the same way, the
+    /// executable may call `LoggingSystem.bootstrap(LineLogHandler.init(label:))` once.
+    public static let logger = Logger(label: "vhost-user-scsi") { LineLogHandler(label: $0) }
 
     @inline(__always)
     public static func enabled(_ level: LogLevel) -> Bool {
         level.rawValue >= threshold.load(ordering: .relaxed)
     }
 
-    public static func trace(_ message: @autoclosure () -> String) { emit(.trace, message) }
-    public static func debug(_ message: @autoclosure () -> String) { emit(.debug, message) }
-    public static func info(_ message: @autoclosure () -> String) { emit(.info, message) }
-    public static func warning(_ message: @autoclosure () -> String) { emit(.warning, message) }
-    public static func error(_ message: @autoclosure () -> String) { emit(.error, message) }
+    public static func trace(_ message: @autoclosure () -> String, metadata: @autoclosure () -> LogMetadata? = nil,
+                             file: String = #fileID, function: String = #function, line: UInt = #line) {
+        emit(.trace, message, metadata, file: file, function: function, line: line)
+    }
 
-    private static func emit(_ level: LogLevel, _ message: () -> String) {
+    public static func debug(_ message: @autoclosure () -> String, metadata: @autoclosure () -> LogMetadata? = nil,
+                             file: String = #fileID, function: String = #function, line: UInt = #line) {
+        emit(.debug, message, metadata, file: file, function: function, line: line)
+    }
+
+    public static func info(_ message: @autoclosure () -> String, metadata: @autoclosure () -> LogMetadata? = nil,
+                            file: String = #fileID, function: String = #function, line: UInt = #line) {
+        emit(.info, message, metadata, file: file, function: function, line: line)
+    }
+
+    public static func warning(_ message: @autoclosure () -> String, metadata: @autoclosure () -> LogMetadata? = nil,
+                               file: String = #fileID, function: String = #function, line: UInt = #line) {
+        emit(.warning, message, metadata, file: file, function: function, line: line)
+    }
+
+    public static func error(_ message: @autoclosure () -> String, metadata: @autoclosure () -> LogMetadata? = nil,
+                             file: String = #fileID, function: String = #function, line: UInt = #line) {
+        emit(.error, message, metadata, file: file, function: function, line: line)
+    }
+
+    @inline(__always)
+    private static func emit(_ level: LogLevel, _ message: () -> String, _ metadata: () -> LogMetadata?,
+                             file: String, function: String, line: UInt) {
         guard enabled(level) else { return }
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        let millis = Int(ts.tv_nsec) / 1_000_000
-        let seconds = Int(ts.tv_sec)
-        let stamp = "\(seconds).\(millis < 10 ? "00" : millis < 100 ? "0" : "")\(millis)"
-        var line = "\(stamp) \(level.name.uppercased()) \(message())\n"
-        line.withUTF8 { buf in
-            var offset = 0
-            while offset < buf.count {
-                let n = write(2, buf.baseAddress! + offset, buf.count - offset)
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return }
-                offset += n
-            }
-        }
+        logger.log(level: level.swiftLogLevel, Logger.Message(stringLiteral: message()), metadata: metadata(),
+                   file: file, function: function, line: line)
     }
 }

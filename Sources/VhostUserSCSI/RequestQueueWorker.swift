@@ -1,6 +1,7 @@
 import Dispatch
 import SCSICore
 import ServerLog
+import ServerMetrics
 import VhostUserBackend
 import VirtioCore
 import VirtioSCSI
@@ -35,13 +36,34 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     /// the current one.
     private var generation = 0
 
+    // Statistics (Docs/OBSERVABILITY.md): plain counters confined to `queue`, so the data path
+    // takes no lock and allocates nothing; a timer on `queue` copies them into
+    // `statisticsCell` once a second for readers on other threads.
+    static let statisticsInterval = DispatchTimeInterval.seconds(1)
+    private let meters = QueueMeters(tokens: RequestQueueWorker.maxOutstanding)
+    /// Per unit id: what closed sessions counted, and sessions that could not be made.
+    private var closedSessionCounters: [SCSISessionCounters]
+    private var loginFailures: [UInt64]
+    let statisticsCell = StatisticsCell(QueueStatistics(queue: 0))
+    private var statisticsTimer: DispatchSourceTimer?
+
     init(queue: DispatchQueue, lunMap: LUNMap, sessionFactory: @escaping SCSISessionFactory) {
         self.queue = queue
         self.lunMap = lunMap
         self.sessionFactory = sessionFactory
         sessions = Array(repeating: nil, count: lunMap.nextID)
         sessionRetryAfter = Array(repeating: .now(), count: lunMap.nextID)
+        closedSessionCounters = Array(repeating: SCSISessionCounters(), count: lunMap.nextID)
+        loginFailures = Array(repeating: 0, count: lunMap.nextID)
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + Self.statisticsInterval, repeating: Self.statisticsInterval,
+                       leeway: .milliseconds(100))
+        timer.setEventHandler { [weak self] in self?.publishStatistics() }
+        timer.activate()
+        statisticsTimer = timer
     }
+
+    deinit { statisticsTimer?.cancel() }
 
     // MARK: - Ring lifecycle (called by the device on `queue`)
 
@@ -88,7 +110,11 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     /// Logs out of every session (server shutdown).
     func closeSessions() {
-        for case let session? in sessions { session.close() }
+        for backend in sessions.indices {
+            guard let session = sessions[backend] else { continue }
+            session.close()
+            closedSessionCounters[backend] = closedSessionCounters[backend] + session.sessionCounters
+        }
         sessions = sessions.map { _ in nil }
     }
 
@@ -96,6 +122,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     func kick() {
         guard let vring, drained == nil, !broken else { return }
+        meters.submissionBatchStarted()
         var pushedNow = false
         defer {
             for case let session? in sessions { session.flush() }
@@ -193,6 +220,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
                                   transferLength: max(dataOutLength, slot.dataInLength),
                                   taskAttribute: SCSITaskAttribute(rawValue: header.taskAttribute) ?? .simple)
         inFlight += 1
+        meters.submitting(token: slot.token, dataOutLength: dataOutLength)
         guard session.submit(command, token: slot.token) else {
             inFlight -= 1
             slot.memory = nil
@@ -213,6 +241,8 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             return
         }
         inFlight -= 1
+        let batched = sessions[backend]?.deliversCompletionsInBatches == true
+        let dataOutLength = meters.completed(token: token, batched: batched)
         let response: VirtioSCSIResponse
         switch completion.outcome {
         case .completed: response = .ok
@@ -222,11 +252,12 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         }
         let residual = min(max(completion.residual, 0), max(slot.dataInLength, 0))
         let transferred = response == .ok ? slot.dataInLength - residual : 0
+        let sent = response == .ok ? dataOutLength - min(max(completion.residual, 0), dataOutLength) : 0
         respond(slot, vring: vring, response: response, status: completion.status.rawValue,
-                residual: UInt32(clamping: completion.residual), sense: completion.sense, dataIn: transferred)
+                residual: UInt32(clamping: completion.residual), sense: completion.sense, dataIn: transferred, dataOut: sent)
         // One interrupt per batch of completions where the session batches them, but never
         // one after the drain has been reported.
-        if drained == nil, sessions[backend]?.deliversCompletionsInBatches == true {
+        if drained == nil, batched {
             notifyPending = true
         } else {
             vring.publishUsedAndNotify()
@@ -243,6 +274,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     }
 
     func scsiCompletionBatchEnded() {
+        meters.completionBatchEnded()
         guard notifyPending else { return }
         notifyPending = false
         vring?.publishUsedAndNotify()
@@ -252,13 +284,14 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     private func respond(_ slot: RequestSlot, vring: Vring, response: VirtioSCSIResponse, status: UInt8 = 0,
                          residual: UInt32 = 0, sense: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
-                         dataIn: Int = 0) {
+                         dataIn: Int = 0, dataOut: Int = 0) {
         withUnsafeTemporaryAllocation(byteCount: VirtioSCSICommandResponse.byteCount, alignment: 8) { header in
             VirtioSCSICommandResponse.encode(response: response, status: status, residual: residual, sense: sense, into: header)
             slot.chain.writeWritable(at: 0, from: UnsafeRawBufferPointer(header))
         }
         // Response header and data-in were written: log them before the request is used.
         vring.logWrites(to: slot.chain, headerBytes: VirtioSCSICommandResponse.byteCount)
+        meters.answered(opcode: slot.cdb[0], responseOK: response == .ok, status: status, bytesRead: dataIn, bytesWritten: dataOut)
         finish(slot, vring: vring, usedLength: UInt32(VirtioSCSICommandResponse.byteCount + dataIn))
     }
 
@@ -290,6 +323,8 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     @inline(__always)
     private func finish(_ slot: RequestSlot, vring: Vring, usedLength: UInt32) {
+        // Only a refused request has no response header.
+        if usedLength == 0 { meters.refused() }
         vring.push(head: slot.head, length: usedLength)
         slot.backend = -1
         freeSlots.append(slot.token)
@@ -307,6 +342,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             return session
         } catch {
             Log.error("LUN \(unit.address): \(error)")
+            loginFailures[unit.id] &+= 1
             sessionRetryAfter[unit.id] = .now() + .seconds(1)
             return nil
         }
@@ -325,6 +361,8 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         if sessions.count < map.nextID {
             sessions += repeatElement(nil, count: map.nextID - sessions.count)
             sessionRetryAfter += repeatElement(.now(), count: map.nextID - sessionRetryAfter.count)
+            closedSessionCounters += repeatElement(SCSISessionCounters(), count: map.nextID - closedSessionCounters.count)
+            loginFailures += repeatElement(0, count: map.nextID - loginFailures.count)
         }
         for unit in old.units where map.unit(at: unit.address)?.id != unit.id {
             closeSession(of: unit)
@@ -338,11 +376,26 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     private func closeSession(of unit: LogicalUnit) {
         guard let session = sessions[unit.id] else { return }
         let inFlightOnUnit = slots.reduce(0) { $0 + ($1.backend == unit.id ? 1 : 0) }
+        closedSessionCounters[unit.id] = closedSessionCounters[unit.id] + session.sessionCounters
         session.close()  // completes what is in flight (.aborted) through scsiCommandCompleted
         sessions[unit.id] = nil
         scsiCompletionBatchEnded()
         Log.info("LUN \(unit.address) removed: \(queue.label) closed its session"
                  + (inFlightOnUnit > 0 ? ", \(inFlightOnUnit) command(s) in flight aborted" : ""))
+    }
+
+    // MARK: - Statistics
+
+    /// Copies the counters into `statisticsCell`. On `queue`: the timer's, or a reader's
+    /// `VirtioSCSIDevice.refreshStatistics`.
+    func publishStatistics() {
+        let luns = lunMap.units.map { unit in
+            let counted = (sessions[unit.id]?.sessionCounters ?? SCSISessionCounters()) + closedSessionCounters[unit.id]
+            return LUNStatistics(target: unit.address.target, lun: unit.address.lun, reconnects: counted.reconnects,
+                                 connectionLosses: counted.connectionLosses, commandFailures: counted.commandFailures,
+                                 loginFailures: loginFailures[unit.id])
+        }
+        statisticsCell.publish(QueueStatistics(queue: 0, counters: meters.counters, inFlight: inFlight, luns: luns))
     }
 
     // MARK: - Task management (called on `queue` by the control queue worker)

@@ -1,5 +1,6 @@
 import Dispatch
 import ServerLog
+import ServerMetrics
 import Synchronization
 import VhostUserBackend
 import VirtioCore
@@ -91,5 +92,33 @@ public final class VirtioSCSIDevice: VhostUserDevice {
     /// Logs out of every iSCSI session.
     public func closeSessions() {
         for worker in requests { worker.queue.sync { worker.closeSessions() } }
+    }
+
+    // MARK: - Statistics (Docs/OBSERVABILITY.md)
+
+    /// Every request queue's counters as its timer last published them (at most a second
+    /// old). From any thread: one short lock per queue, never a wait on a ring's queue.
+    public func statistics() -> DeviceStatistics {
+        DeviceStatistics(queues: requests.enumerated().map { index, worker in
+            var queue = worker.statisticsCell.read()
+            queue.queue = index
+            return queue
+        })
+    }
+
+    /// Has every request queue publish its counters now (each on its own queue) and waits for
+    /// them, at most `timeout`; then `statistics()`. For readers that want exact figures
+    /// (tests, the control socket); never call it on a ring's queue.
+    public func refreshStatistics(timeout: DispatchTimeInterval = .milliseconds(500)) -> DeviceStatistics {
+        let group = DispatchGroup()
+        for worker in requests {
+            group.enter()
+            worker.queue.async {
+                worker.publishStatistics()
+                group.leave()
+            }
+        }
+        _ = group.wait(timeout: .now() + timeout)
+        return statistics()
     }
 }

@@ -53,6 +53,7 @@ public final class RecordingSCSIBackend: Sendable {
         var taskManagement: [RecordedTaskManagement] = []
         var holding = false
         var delay: DispatchTimeInterval? = nil
+        var refuseSessions = false
         var sessions: [RecordingSCSITarget] = []
     }
 
@@ -66,8 +67,20 @@ public final class RecordingSCSIBackend: Sendable {
 
     /// A factory with the signature of VhostUserSCSI's `SCSISessionFactory`.
     public var sessionFactory: @Sendable (Int, DispatchQueue, Int) throws -> SCSITargetSession {
-        { [self] backend, queue, _ in makeSession(backend: backend, queue: queue) }
+        { [self] backend, queue, _ in
+            if state.withLock({ $0.refuseSessions }) { throw RefusedSession(backend: backend) }
+            return makeSession(backend: backend, queue: queue)
+        }
     }
+
+    /// What `sessionFactory` throws while sessions are refused.
+    public struct RefusedSession: Error, CustomStringConvertible {
+        public var backend: Int
+        public var description: String { "test target refuses a session for unit \(backend)" }
+    }
+
+    /// While true, `sessionFactory` throws (a target that cannot be logged in to).
+    public func refuseSessions(_ refuse: Bool) { state.withLock { $0.refuseSessions = refuse } }
 
     public func makeSession(backend: Int, queue: DispatchQueue) -> RecordingSCSITarget {
         let session = RecordingSCSITarget(backend: backend, queue: queue, disk: disks[backend], recorder: self)
@@ -136,6 +149,10 @@ public final class RecordingSCSITarget: SCSITargetSession, @unchecked Sendable {
     private(set) var heldTokens: [Int] = []
     private var closed = false
     public private(set) var flushCount = 0
+    /// What `sessionCounters` reports (a real session counts reconnects and failures); set on
+    /// `queue`.
+    public var simulatedCounters = SCSISessionCounters()
+    public var sessionCounters: SCSISessionCounters { simulatedCounters }
 
     init(backend: Int, queue: DispatchQueue, disk: InMemoryDisk, recorder: RecordingSCSIBackend) {
         self.backend = backend

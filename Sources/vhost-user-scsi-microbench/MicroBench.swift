@@ -1,5 +1,6 @@
 import CMallocCounter
 import Glibc
+import ServerMetrics
 import VhostUserDriver
 import VirtioCore
 import VirtioSCSI
@@ -8,7 +9,10 @@ import VirtioSCSI
 /// READ chain (51-byte request header, 108-byte response header, 4 KiB data-in, as Linux lays
 /// it out), the device pops it, walks and validates the chain, copies the header out, builds
 /// the data-in iovecs, writes the response, pushes and publishes the used element and checks
-/// whether to interrupt; the driver takes the used element back.
+/// whether to interrupt; the driver takes the used element back. The third variant adds what
+/// RequestQueueWorker counts for the metrics, with the same `QueueMeters`: a clock read per
+/// batch of submissions and per batch of completions (here: per round), and per request the
+/// latency histogram, kind, bytes and errors.
 enum MicroBench {
     static let ringSize: UInt16 = 256
     static let inFlight = 32
@@ -23,8 +27,14 @@ enum MicroBench {
             exit(1)
         }
         do {
-            for (name, indirect) in [("direct chain (3 descriptors)", false), ("indirect table (3 entries)", true)] {
-                let result = try run(iterations: iterations, indirect: indirect)
+            let variants: [(String, () throws -> Result)] = [
+                ("direct chain (3 descriptors)", { try run(iterations: iterations, indirect: false, WithoutCounters.self) }),
+                ("indirect table (3 entries)", { try run(iterations: iterations, indirect: true, WithoutCounters.self) }),
+                ("direct chain + queue counters", { try run(iterations: iterations, indirect: false, WithCounters.self) }),
+                ("queue counters alone", { countersAlone(iterations: iterations) }),
+            ]
+            for (name, run) in variants {
+                let result = try run()
                 print("\(name): \(fixed(result.nanoseconds, 1)) ns and \(fixed(result.allocations, 3)) "
                       + "allocations per request (\(iterations) requests, \(inFlight) in flight)")
             }
@@ -51,7 +61,40 @@ enum MicroBench {
         var allocations: Double
     }
 
-    static func run(iterations: Int, indirect: Bool) throws -> Result {
+    /// Whether a variant counts, as a type: the specialized code of the variants without
+    /// counters is the same as before the counters existed.
+    protocol CountingMode { static var counting: Bool { get } }
+    enum WithoutCounters: CountingMode { static var counting: Bool { false } }
+    enum WithCounters: CountingMode { static var counting: Bool { true } }
+
+    /// Only the counting, as the worker does it per request and per batch: its own cost,
+    /// without the harness around the ring path.
+    static func countersAlone(iterations: Int) -> Result {
+        let meters = QueueMeters(tokens: inFlight)
+        let rounds = max(iterations / inFlight, 1)
+        func oneRound(_ round: Int) {
+            meters.submissionBatchStarted()
+            for token in 0..<inFlight { meters.submitting(token: token, dataOutLength: 0) }
+            for token in 0..<inFlight {
+                _ = meters.completed(token: token, batched: true)
+                meters.answered(opcode: token & 1 == 0 ? 0x28 : 0x2A, responseOK: true, status: 0,
+                                bytesRead: round & 4095, bytesWritten: 0)
+            }
+            meters.completionBatchEnded()
+        }
+        for round in 0..<100 { oneRound(round) }
+        let allocationsBefore = CMallocCounter_allocations()
+        let start = monotonicSeconds()
+        for round in 0..<rounds { oneRound(round) }
+        let elapsed = monotonicSeconds() - start
+        let allocations = CMallocCounter_allocations() - allocationsBefore
+        precondition(meters.counters.totalRequests == UInt64((rounds + 100) * inFlight))
+        let requests = Double(rounds * inFlight)
+        return Result(nanoseconds: elapsed * 1e9 / requests, allocations: Double(allocations) / requests)
+    }
+
+    static func run<Mode: CountingMode>(iterations: Int, indirect: Bool, _ mode: Mode.Type) throws -> Result {
+        let counting = Mode.counting
         let memory = try SharedGuestMemory(size: 16 << 20)
         let driver = DriverSplitQueue(memory: memory, size: ringSize, eventIndex: true)
         var device = driver.deviceQueue(eventIndex: true)
@@ -82,12 +125,16 @@ enum MicroBench {
         }
         var ring = driver.ring
         var checksum = 0
+        let meters = QueueMeters(tokens: inFlight)
 
         func oneRound() throws {
             for head in heads { ring.placeAvail(head) }
             ring.publishAvail()
+            if counting { meters.submissionBatchStarted() }
+            var token = 0
             while let head = try device.popAvail() {
                 try DescriptorChainWalker.walk(queue: device, head: head, memory: guest, into: chain)
+                if counting { meters.submitting(token: token, dataOutLength: 0) }
                 // The request path's own accessors: header out, data-in iovecs, response in.
                 guard chain.copyReadablePrefix(VirtioSCSICommandHeader.byteCount, to: headerCopy) else {
                     throw BenchError.shortChain
@@ -98,9 +145,16 @@ enum MicroBench {
                 VirtioSCSICommandResponse.encode(response: .ok, status: 0, residual: 0,
                                                  sense: UnsafeRawBufferPointer(start: nil, count: 0), into: responseBytes)
                 chain.writeWritable(at: 0, from: UnsafeRawBufferPointer(responseBytes))
+                if counting {
+                    _ = meters.completed(token: token, batched: true)
+                    meters.answered(opcode: headerCopy.load(fromByteOffset: 19, as: UInt8.self), responseOK: true,
+                                    status: 0, bytesRead: 4096, bytesWritten: 0)
+                    token += 1
+                }
                 device.addUsed(head: head, length: UInt32(VirtioSCSICommandResponse.byteCount + 4096))
                 device.publishUsed()
             }
+            if counting { meters.completionBatchEnded() }
             _ = device.needsNotification()
             _ = device.enableKicks()
             while ring.popUsed() != nil {}
@@ -115,6 +169,7 @@ enum MicroBench {
         let elapsed = monotonicSeconds() - start
         let allocations = CMallocCounter_allocations() - allocationsBefore
         precondition(checksum != 0)
+        precondition(!counting || meters.counters.requests(.read) == UInt64((rounds + 100) * inFlight))
         let requests = Double(rounds * inFlight)
         return Result(nanoseconds: elapsed * 1e9 / requests, allocations: Double(allocations) / requests)
     }

@@ -228,6 +228,11 @@ final class ISCSIOutageTests: XCTestCase {
               + "served again \(String(format: "%.2f", recovered)) s after tgtd was back")
         XCTAssertFalse(session.connectionStatus.failingCommands)
         XCTAssertEqual(session.connectionStatus.reconnects, 1)
+        // The same through the protocol, as the metrics read it.
+        let counters = session.queue.sync { (session as SCSITargetSession).sessionCounters }
+        XCTAssertEqual(counters.reconnects, 1)
+        XCTAssertEqual(counters.connectionLosses, 1)
+        XCTAssertGreaterThanOrEqual(counters.commandFailures, 5, "four held reads and the one failed at once")
     }
 
     // MARK: - A target that stops answering but keeps its connections
