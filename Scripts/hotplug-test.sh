@@ -3,7 +3,7 @@
 # configuration file, one guest with a vhost-user-scsi-pci device on each; while the guest
 # runs, vhost-user-scsi-ctl adds a LUN, grows it and removes it, and the guest sees each
 # change through the virtio-scsi event queue (guest workload "hotplug", Docs/GUEST.md).
-# Also checks the control socket's answers and the Prometheus endpoint.
+# Also checks the control socket's answers, `stats` and the Prometheus endpoint.
 #
 # Usage: Scripts/hotplug-test.sh BIN_DIR [WORKDIR]
 #   BIN_DIR holds vhost-user-scsi and vhost-user-scsi-ctl (e.g. swift build -c release --show-bin-path)
@@ -121,6 +121,26 @@ wait "$guest_pid"; rc=$?
 guest_pid=
 grep -E "VUS-RESULT|VUS-DONE" "$work/guest.log" | sed 's/^/hotplug: guest: /'
 check guest_hotplug "$rc" "($(grep -c 'VUS-RESULT .* PASS' "$work/guest.log") guest checks passed; log $work/guest.log)"
+
+# What the guest did shows in the counters, per controller, on both interfaces.
+python3 - "$metrics_port" >"$work/metrics.out" 2>&1 <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+reads = {}
+for line in text.splitlines():
+    if line.startswith('vhost_user_scsi_requests_total{') and 'kind="read"' in line:
+        controller = line.split('controller="')[1].split('"')[0]
+        reads[controller] = reads.get(controller, 0) + float(line.rsplit(" ", 1)[1])
+print("reads per controller:", reads)
+sys.exit(0 if reads.get("vm1", 0) > 0 and reads.get("vm2", 0) > 0 else 1)
+PY
+check metrics_per_controller "$?" "$(cat "$work/metrics.out")"
+ctl --json stats vm1 >"$work/stats.json"
+check ctl_stats "$(python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1]))["controllers"][0]
+sys.exit(0 if c["name"] == "vm1" and c["totals"]["requests"]["read"] > 0 and c["totals"]["bytes_written"] > 0 else 1)' "$work/stats.json"; echo $?)" \
+    "$(ctl stats vm1 | head -1)"
 
 kill -TERM "$server_pid"
 wait "$server_pid"; rc=$?

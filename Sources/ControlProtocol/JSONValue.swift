@@ -49,6 +49,17 @@ public enum JSONValue: Codable, Equatable, Sendable {
         }
     }
 
+    /// The JSON form of any Encodable value, with snake_case keys like the rest of the protocol.
+    public init(encoding value: some Encodable) throws(JSONError) {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        do {
+            self = try JSONDecoder().decode(JSONValue.self, from: encoder.encode(value))
+        } catch {
+            throw JSONError("cannot encode \(type(of: value)): \(error)")
+        }
+    }
+
     /// Compact JSON text on one line (keys sorted, so output is stable for tests and diffs).
     public func serialized() -> String {
         let encoder = JSONEncoder()

@@ -1,4 +1,5 @@
 import ISCSIInitiator
+import MetricsExporter
 import ServerLog
 import VirtioSCSI
 
@@ -16,11 +17,11 @@ struct ServerConfiguration {
     /// Seconds between keep-alive NOP-Outs; 0 disables (ISCSIRecoveryPolicy.keepaliveInterval).
     var keepaliveSeconds = 5
     var logLevel = LogLevel.info
-    var logFormat = "text"
+    var logFormat = LogFormat.text
     /// The JSON control socket (Docs/CONTROL.md); none when nil.
     var controlSocket: String?
-    /// HOST:PORT of the Prometheus listener; none when nil.
-    var metricsListen: String?
+    /// Where the Prometheus listener serves /metrics; none when nil.
+    var metricsListen: ListenAddress?
     var controllers: [ControllerConfiguration] = []
 
     /// The iSCSI sessions' outage policy (Docs/OUTAGES.md).

@@ -21,6 +21,8 @@ struct ControlCommands: Sendable {
                 response = ["version": .string(Options.version)]
             case "list":
                 response = ["controllers": .array(try selected(request).map(describe))]
+            case "stats":
+                response = ["controllers": .array(try selected(request).map(statistics))]
             case "add-lun":
                 let controller = try controller(named: request["controller"])
                 let address = try address(request)
@@ -56,7 +58,7 @@ struct ControlCommands: Sendable {
         }
     }
 
-    static let commands = ["version", "list", "add-lun", "remove-lun", "resize-lun"]
+    static let commands = ["version", "list", "stats", "add-lun", "remove-lun", "resize-lun"]
 
     // MARK: - Arguments
 
@@ -89,6 +91,15 @@ struct ControlCommands: Sendable {
             "request_queues": .number(Double(controller.device.requestQueueCount)),
             "luns": .array(controller.unitList.map(describe)),
         ])
+    }
+
+    /// Fresh counters (each queue publishes on request) under the controller's name.
+    private func statistics(_ controller: Controller) throws -> JSONValue {
+        guard case .object(var fields) = try JSONValue(encoding: controller.device.refreshStatistics()) else {
+            throw ControlError("statistics did not encode as an object")
+        }
+        fields["name"] = .string(controller.name)
+        return .object(fields)
     }
 
     private func describe(_ unit: Controller.Unit) -> JSONValue {

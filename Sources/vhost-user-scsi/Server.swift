@@ -1,7 +1,9 @@
 import Dispatch
 import Glibc
 import ISCSIInitiator
+import MetricsExporter
 import ServerLog
+import ServerMetrics
 
 /// Wiring: options → controllers (each probes its LUNs) → vhost-user sockets → wait for a signal.
 enum Server {
@@ -22,11 +24,13 @@ enum Server {
             fail("\(error)", status: 2)
         }
         Log.level = configuration.logLevel
+        Log.format = configuration.logFormat
         signal(SIGPIPE, SIG_IGN)
 
         let login = LoginSettings(initiatorName: configuration.initiatorName, recovery: configuration.recoveryPolicy)
         var controllers: [Controller] = []
         var control: ControlServer?
+        var exporter: PrometheusExporter?
         do {
             for controllerConfiguration in configuration.controllers {
                 controllers.append(try Controller(controllerConfiguration, login: login,
@@ -37,6 +41,12 @@ enum Server {
                 Log.info("\(controller.name): serving \(controller.unitList.count) LUN(s) on "
                          + "\(controller.device.requestQueueCount) request queue(s) at \(controller.socketPath)")
             }
+            if let address = configuration.metricsListen {
+                let sources = controllers.map { controller in
+                    MetricsSource(controller: controller.name) { controller.device.statistics() }
+                }
+                exporter = try PrometheusExporter.start(host: address.host, port: address.port, sources: sources)
+            }
             if let path = configuration.controlSocket {
                 let commands = ControlCommands(controllers: controllers, login: login)
                 control = ControlServer(path: path) { commands.handle($0) }
@@ -44,6 +54,8 @@ enum Server {
             }
         } catch {
             for controller in controllers { controller.shutdown() }
+            control?.shutdown()
+            exporter?.stop()
             fail("\(error)", status: 1)
         }
         Log.info("initiator \(configuration.initiatorName); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "

@@ -1,3 +1,4 @@
+import MetricsExporter
 import ServerLog
 
 /// The one table of settings: `--initiator-name X` on the command line and
@@ -47,15 +48,16 @@ enum Settings {
             c.logLevel = level
         },
         "log-format": { c, v throws(ConfigurationError) in
-            guard v == "text" || v == "json" else {
+            guard let format = LogFormat(name: v) else {
                 throw ConfigurationError("--log-format must be text or json, not '\(v)'")
             }
-            c.logFormat = v
+            c.logFormat = format
         },
         "control-socket": { c, v throws(ConfigurationError) in c.controlSocket = try nonEmpty("control-socket", v) },
         "metrics-listen": { c, v throws(ConfigurationError) in
-            _ = try hostAndPort("metrics-listen", v)
-            c.metricsListen = v
+            do { c.metricsListen = try ListenAddress(parsing: v) } catch {
+                throw ConfigurationError("--metrics-listen: \(error)")
+            }
         },
     ]
 
@@ -83,14 +85,5 @@ enum Settings {
             throw ConfigurationError("--\(name) must be \(range.lowerBound) to \(range.upperBound)\(what), not '\(text)'")
         }
         return n
-    }
-
-    /// `HOST:PORT` with an IPv4 address or `localhost`.
-    static func hostAndPort(_ name: String, _ text: String) throws(ConfigurationError) -> (host: String, port: UInt16) {
-        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]),
-              !text[..<colon].isEmpty else {
-            throw ConfigurationError("--\(name) must be HOST:PORT (for example 127.0.0.1:9850), not '\(text)'")
-        }
-        return (String(text[..<colon]), port)
     }
 }
