@@ -10,6 +10,9 @@ public struct ISCSIError: Error, CustomStringConvertible, Sendable {
         case command
         /// The session was closed.
         case closed
+        /// The login settings cannot be used: a secret that cannot be read or is invalid, CHAP
+        /// credentials given twice, an invalid initiator name. Found before any connection.
+        case configuration
     }
 
     public var kind: Kind

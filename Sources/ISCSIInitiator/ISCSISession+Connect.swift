@@ -11,15 +11,15 @@ final class LoginState {
 extension ISCSISession {
     /// Creates a context, configures it for a normal session to `url` and logs in
     /// synchronously. Returns the logged-in context or throws a one-line error.
-    static func connect(url: ISCSIURL, initiatorName: String, isid: ISCSIISID,
+    static func connect(url: ISCSIURL, login: ResolvedLogin, isid: ISCSIISID,
                         loginTimeout: Int) throws(ISCSIError) -> OpaquePointer {
-        let ctx = try makeContext(url: url, initiatorName: initiatorName, isid: isid)
+        let ctx = try makeContext(url: url, login: login, isid: isid)
         // Bounds the login PDUs; TCP SYN retries bound the connect (3 retries: about 15 s).
         iscsi_set_timeout(ctx, Int32(clamping: loginTimeout))
         iscsi_set_tcp_syncnt(ctx, 3)
         if let reason = runLogin(ctx, url: url, timeout: loginTimeout) {
             iscsi_destroy_context(ctx)
-            throw ISCSIError(.login, "cannot log in to \(url): \(explain(reason, url: url))")
+            throw ISCSIError(.login, "cannot log in to \(url): \(explain(reason, url: url, login: login))")
         }
         // No timeout for commands: a slow target is not a dead one. A dead one is found by
         // keep-alive and command silence (ISCSISession+Recovery.swift).
@@ -27,12 +27,13 @@ extension ISCSISession {
         return ctx
     }
 
-    /// A context configured for a normal session to `url` with `isid`, not connected. libiscsi's
-    /// automatic reconnect is off: the session reconnects itself.
-    static func makeContext(url: ISCSIURL, initiatorName: String, isid: ISCSIISID) throws(ISCSIError) -> OpaquePointer {
-        guard !initiatorName.isEmpty, let ctx = iscsi_create_context(initiatorName) else {
+    /// A context configured for a normal session to `url` with `isid` and the credentials and
+    /// digest of `login`, not connected. libiscsi's automatic reconnect is off: the session
+    /// reconnects itself, with the same `login`.
+    static func makeContext(url: ISCSIURL, login: ResolvedLogin, isid: ISCSIISID) throws(ISCSIError) -> OpaquePointer {
+        guard !login.initiatorName.isEmpty, let ctx = iscsi_create_context(login.initiatorName) else {
             throw ISCSIError(.contextCreation,
-                             "cannot create an iSCSI context for initiator name '\(initiatorName)'")
+                             "cannot create an iSCSI context for initiator name '\(login.initiatorName)'")
         }
         func fail(_ what: String) -> ISCSIError {
             let reason = iscsi_get_error(ctx).map { String(cString: $0) } ?? "unknown error"
@@ -43,11 +44,19 @@ extension ISCSISession {
         iscsi_set_isid_random(ctx, isid.random, UInt32(isid.qualifier))
         guard iscsi_set_targetname(ctx, url.target) == 0,
               iscsi_set_session_type(ctx, ISCSI_SESSION_NORMAL) == 0,
-              iscsi_set_header_digest(ctx, ISCSI_HEADER_DIGEST_NONE_CRC32C) == 0
+              iscsi_set_header_digest(ctx, login.headerDigest.libiscsiValue) == 0
         else { throw fail("cannot configure the session to") }
-        if let user = url.user {
-            guard iscsi_set_initiator_username_pwd(ctx, user, url.password ?? "") == 0 else {
+        // libiscsi takes an empty user or secret as "no CHAP": ISCSISecret refuses empty ones.
+        if let chap = login.chap {
+            guard iscsi_set_initiator_username_pwd(ctx, chap.user, chap.secret.value) == 0 else {
                 throw fail("cannot set the CHAP credentials for")
+            }
+            // Mutual CHAP: the target must answer the initiator's challenge with this name and
+            // a response computed with this secret (checked by libiscsi, lib/login.c).
+            if let mutual = login.mutualCHAP {
+                guard iscsi_set_target_username_pwd(ctx, mutual.user, mutual.secret.value) == 0 else {
+                    throw fail("cannot set the mutual CHAP credentials for")
+                }
             }
         }
         iscsi_set_noautoreconnect(ctx, 1)
@@ -56,18 +65,38 @@ extension ISCSISession {
     }
 
     /// libiscsi's login failure text with the likely cause named where libiscsi's own words are
-    /// cryptic.
-    static func explain(_ reason: String, url: ISCSIURL) -> String {
+    /// cryptic. Names users and where secrets come from, never a secret (libiscsi's texts
+    /// contain none either).
+    static func explain(_ reason: String, url: ISCSIURL, login: ResolvedLogin) -> String {
         if reason.contains("Authentication failure") {
-            return url.user == nil
-                ? "\(reason): the target requires CHAP; give iscsi://USER%PASSWORD@... in the URL"
-                : "\(reason): the target refused the CHAP user and password in the URL"
+            guard let chap = login.chap else {
+                return "\(reason): the target requires CHAP and none is configured; give a CHAP user and secret "
+                    + "(--chap-user with --chap-secret-file or --chap-secret-env)"
+            }
+            let mutual = login.mutualCHAP == nil ? ""
+                : ", or the target has no mutual CHAP (outgoing) account to answer with"
+            return "\(reason): the target refused CHAP user '\(chap.user)' with the secret from \(chap.secret.origin) "
+                + "(wrong user or secret\(mutual))"
+        }
+        if let mutual = login.mutualCHAP {
+            if reason.contains("Invalid CHAP_R") {
+                return "mutual CHAP failed: the target did not prove it knows the mutual CHAP secret from "
+                    + "\(mutual.secret.origin) (a different secret on the target, or not the expected target)"
+            }
+            if let range = reason.firstRange(of: "Wrong CHAP targetname received: ") {
+                return "mutual CHAP failed: the target answered as '\(reason[range.upperBound...])', expected "
+                    + "'\(mutual.user)'"
+            }
+            if reason.contains("did not return CHAP_N") || reason.contains("did not return CHAP_R") {
+                return "mutual CHAP failed: the target did not authenticate itself (\(reason)); it needs an outgoing "
+                    + "account, and must ask for CHAP"
+            }
         }
         if reason.contains("Target not found") {
             return "\(reason): \(url.portal) has no target named \(url.target)"
         }
         if reason.contains("Authorization failure") || reason.contains("Initiator error") && reason.contains("(514)") {
-            return "\(reason): the target does not allow this initiator name"
+            return "\(reason): the target does not allow initiator name \(login.initiatorName)"
         }
         if reason.contains("LOGICAL_UNIT_NOT_SUPPORTED") {
             return "\(reason): the target has no LUN \(url.lun) (on tgt, LUN 0 is the controller and disks start at 1)"

@@ -154,7 +154,7 @@ extension ISCSISession {
         let number = attemptNumber
         let ctx: OpaquePointer
         do {
-            ctx = try Self.makeContext(url: url, initiatorName: initiatorName, isid: isid)
+            ctx = try Self.makeContext(url: url, login: login, isid: isid)
         } catch {
             noteAttemptFailure("\(error)", number: number)
             scheduleAttempt(after: recovery.maxReconnectDelay)
@@ -191,7 +191,8 @@ extension ISCSISession {
     /// libiscsi: the login of an attempt ended.
     func attemptLoggedIn(_ ctx: OpaquePointer, status: Int32) {
         guard ctx == context, let attempt, attempt.result == nil else { return }
-        attempt.result = status == LibISCSIStatus.good ? .succeeded : .failed("login failed: \(lastError(ctx))")
+        attempt.result = status == LibISCSIStatus.good
+            ? .succeeded : .failed("login failed: " + Self.explain(lastError(ctx), url: url, login: login))
     }
 
     func attemptFailed(_ reason: String) {

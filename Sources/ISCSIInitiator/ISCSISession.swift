@@ -28,6 +28,10 @@ import ServerLog
 public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     public let url: ISCSIURL
     public let initiatorName: String
+    /// How the session logs in, at first and on every reconnect.
+    public let loginSettings: ISCSILoginSettings
+    /// `loginSettings` with the URL's credentials folded in.
+    let login: ResolvedLogin
     public let queue: DispatchQueue
     public let maxOutstanding: Int
     public let isid: ISCSIISID
@@ -96,25 +100,40 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     var commandFailures: UInt64 = 0
 
     /// Connects and logs in synchronously (blocking the calling thread, at most about
-    /// `loginTimeout` seconds plus TCP connect time), checking that `url.lun` answers.
+    /// `loginTimeout` seconds plus TCP connect time), checking that `url.lun` answers. Same as
+    /// the `login:` initializer with `ISCSILoginSettings(initiatorName: initiatorName)`: CHAP
+    /// only from the URL, header digest prefer-none.
     ///
     /// - Parameters:
     ///   - initiatorName: this initiator's IQN; together with `isid` it names the I_T nexus.
     ///   - queue: the serial queue the session is confined to.
     ///   - maxOutstanding: number of tokens (slots), `1...65536`.
     ///   - isid: defaults to `ISCSIISID.next()`, distinct for every session of the process.
-    /// - Throws: `ISCSIError` whose description names the URL and libiscsi's reason.
     ///   - recovery: keep-alive, reconnect and outage policy (`ISCSIRecoveryPolicy`).
-    public init(url: ISCSIURL, initiatorName: String, queue: DispatchQueue,
+    /// - Throws: `ISCSIError` whose description names the URL and libiscsi's reason.
+    public convenience init(url: ISCSIURL, initiatorName: String, queue: DispatchQueue,
+                            maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
+                            loginTimeout: Int = 15, recovery: ISCSIRecoveryPolicy = .default) throws(ISCSIError) {
+        try self.init(url: url, login: ISCSILoginSettings(initiatorName: initiatorName), queue: queue,
+                      maxOutstanding: maxOutstanding, isid: isid, loginTimeout: loginTimeout, recovery: recovery)
+    }
+
+    /// Connects and logs in synchronously with `login` (initiator name, CHAP, mutual CHAP,
+    /// header digest), which every reconnect uses too. The settings are checked against the
+    /// URL's own credentials first (`ISCSILoginSettings.validate(for:)`); a conflict throws
+    /// `.configuration` before anything is sent.
+    public init(url: ISCSIURL, login settings: ISCSILoginSettings, queue: DispatchQueue,
                 maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
                 loginTimeout: Int = 15, recovery: ISCSIRecoveryPolicy = .default) throws(ISCSIError) {
         precondition((1...65536).contains(maxOutstanding), "maxOutstanding must be 1...65536")
         precondition(Self.iovecLayoutMatches, "struct scsi_iovec does not match struct iovec")
         let isid = isid ?? ISCSIISID.next()
-        let context = try Self.connect(url: url, initiatorName: initiatorName, isid: isid,
-                                       loginTimeout: loginTimeout)
+        let login = try settings.resolved(for: url)
+        let context = try Self.connect(url: url, login: login, isid: isid, loginTimeout: loginTimeout)
         self.url = url
-        self.initiatorName = initiatorName
+        self.initiatorName = settings.initiatorName
+        self.loginSettings = settings
+        self.login = login
         self.queue = queue
         self.maxOutstanding = maxOutstanding
         self.isid = isid
@@ -129,7 +148,7 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
             (slots + token).initialize(to: CommandSlot(owner: owner, token: token))
         }
         queue.setSpecific(key: onQueueKey, value: 1)
-        Log.info("iscsi: logged in to \(url) as \(initiatorName) isid \(isid)")
+        Log.info("iscsi: logged in to \(url) \(login.summary) isid \(isid)")
         startEvents()
     }
 

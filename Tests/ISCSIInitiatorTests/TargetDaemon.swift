@@ -16,6 +16,10 @@ final class TargetDaemon: @unchecked Sendable {
     private let tgtdPath: String
     /// CHAP user and password the target requires, if any.
     private var chap: (user: String, password: String)?
+    /// The account the target answers mutual CHAP with, if any.
+    private var outgoing: (user: String, password: String)?
+    /// The target's HeaderDigest parameter, if set (tgt's default is None).
+    private var headerDigest: String?
 
     var url: String { "iscsi://127.0.0.1:\(portalPort)/\(iqn)/1" }
 
@@ -97,6 +101,8 @@ final class TargetDaemon: @unchecked Sendable {
         }
         try tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", disk.path])
         if let chap { try requireCHAP(user: chap.user, password: chap.password) }
+        if let outgoing { try answerMutualCHAP(user: outgoing.user, password: outgoing.password) }
+        if let headerDigest { try setHeaderDigest(headerDigest) }
         try tgtadm(["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"])
         try retry("portal 127.0.0.1:\(portalPort)") {
             guard Self.canConnect(port: portalPort) else { throw TestError("portal not listening") }
@@ -119,11 +125,48 @@ final class TargetDaemon: @unchecked Sendable {
     /// SIGCONT after `pause`.
     func resume() { Glibc.kill(process.processIdentifier, SIGCONT) }
 
-    /// Makes the target require CHAP with this account (kept across `launch`).
+    /// Makes the target require CHAP with this account (kept across `launch`; while the daemon
+    /// is down, only for the next `launch`).
     func requireCHAP(user: String, password: String) throws {
         chap = (user, password)
+        guard process.isRunning else { return }   // applied by the next `launch`
         try tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "account", "--user", user, "--password", password])
         try tgtadm(["--lld", "iscsi", "--op", "bind", "--mode", "account", "--tid", "1", "--user", user])
+    }
+
+    /// Makes the target answer mutual CHAP as `user` with `password` (an outgoing account;
+    /// kept across `launch`).
+    func answerMutualCHAP(user: String, password: String) throws {
+        outgoing = (user, password)
+        guard process.isRunning else { return }
+        try tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "account", "--user", user, "--password", password])
+        try tgtadm(["--lld", "iscsi", "--op", "bind", "--mode", "account", "--tid", "1", "--user", user, "--outgoing"])
+    }
+
+    /// Sets the target's HeaderDigest parameter ("None", "CRC32C", "None,CRC32C"...): what it
+    /// accepts, in its order of preference (kept across `launch`).
+    func setHeaderDigest(_ value: String) throws {
+        headerDigest = value
+        guard process.isRunning else { return }
+        try tgtadm(["--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1",
+                    "--name", "HeaderDigest", "--value", value])
+    }
+
+    /// The session IDs of the target's connections (`tgtadm --mode conn --op show`).
+    func sessionIDs() throws -> [String] {
+        let show = try tgtadm(["--lld", "iscsi", "--mode", "conn", "--op", "show", "--tid", "1"])
+        return show.split(separator: "\n").compactMap { line -> String? in
+            let parts = line.split(separator: ":").map { $0.trimmingCharacters(in: .whitespaces) }
+            return parts.count == 2 && parts[0] == "Session" ? parts[1] : nil
+        }
+    }
+
+    /// Closes every connection of the target from its side; initiators see the TCP
+    /// connection end and must log in again.
+    func dropConnections() throws {
+        for sid in try sessionIDs() {
+            try tgtadm(["--lld", "iscsi", "--mode", "conn", "--op", "delete", "--tid", "1", "--sid", sid, "--cid", "0"])
+        }
     }
 
     private var tgtadmPath: String = ""
