@@ -80,7 +80,7 @@ let package = Package(
                                    "ServerMetrics", "MetricsExporter"]),
         .testTarget(name: "ISCSIInitiatorTests", dependencies: ["ISCSIInitiator", "SCSICore"]),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
-        .testTarget(name: "ServerTests", dependencies: ["vhost-user-scsi", "ControlProtocol", "ISCSIInitiator"]),
+        .testTarget(name: "ServerTests", dependencies: ["vhost-user-scsi", "ControlProtocol", "ISCSIInitiator", "MetricsExporter", "ServerLog"]),
         .testTarget(name: "ServerLogTests", dependencies: ["ServerLog", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "ServerMetricsTests", dependencies: ["ServerMetrics", "MetricsExporter", "VirtioTestSupport"]),
     ]

@@ -8,9 +8,9 @@ import VirtioSCSI
 /// by the same setters (`Settings.swift`), so both accept exactly the same names and values.
 /// Format: Docs/CONFIGURATION.md.
 struct ServerConfiguration {
-    var initiatorName = Options.defaultInitiatorName()
+    var initiatorName = ISCSILoginSettings.defaultInitiatorName()
     var credentials = CredentialSettings()
-    var headerDigest = "prefer-none"
+    var headerDigest = ISCSIHeaderDigest.preferNone
     var drainTimeoutSeconds = 30
     /// Seconds a target outage is ridden out before I/O fails (ISCSIRecoveryPolicy.outageTimeout).
     var targetTimeoutSeconds = 20
@@ -43,6 +43,32 @@ struct CredentialSettings {
 enum SecretLocation: Equatable {
     case file(String)
     case environment(String)
+
+    func read() throws(ISCSIError) -> ISCSISecret {
+        switch self {
+        case .file(let path): return try ISCSISecret(contentsOfFile: path)
+        case .environment(let name): return try ISCSISecret(environmentVariable: name)
+        }
+    }
+}
+
+extension ServerConfiguration {
+    /// Reads the secrets and checks the whole login configuration (Docs/SECURITY.md).
+    func loginSettings() throws(ISCSIError) -> ISCSILoginSettings {
+        func chap(_ user: String?, _ secret: SecretLocation?) throws(ISCSIError) -> ISCSICHAPCredentials? {
+            guard let user, let secret else { return nil }
+            return ISCSICHAPCredentials(user: user, secret: try secret.read())
+        }
+        let settings = ISCSILoginSettings(initiatorName: initiatorName,
+                                          chap: try chap(credentials.chapUser, credentials.chapSecret),
+                                          mutualCHAP: try chap(credentials.mutualChapUser, credentials.mutualChapSecret),
+                                          headerDigest: headerDigest)
+        try settings.validate()
+        for controller in controllers {
+            for lun in controller.luns { try settings.validate(for: lun.url) }
+        }
+        return settings
+    }
 }
 
 /// One virtio-scsi controller: the socket QEMU connects to and the LUNs its guest sees.

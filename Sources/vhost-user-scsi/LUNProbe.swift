@@ -40,11 +40,10 @@ struct LUNProbe {
 
 /// How every session of this process logs in: initiator name, CHAP, digests, outage policy.
 struct LoginSettings: Sendable {
-    var initiatorName: String
+    var iscsi: ISCSILoginSettings
     var recovery: ISCSIRecoveryPolicy
 
     func makeSession(url: ISCSIURL, queue: DispatchQueue, maxOutstanding: Int) throws -> ISCSISession {
-        try ISCSISession(url: url, initiatorName: initiatorName, queue: queue, maxOutstanding: maxOutstanding,
-                         recovery: recovery)
+        try ISCSISession(url: url, login: iscsi, queue: queue, maxOutstanding: maxOutstanding, recovery: recovery)
     }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import ISCSIInitiator
 
 /// The command line: global settings, then one group per controller, each opened by
@@ -26,7 +25,7 @@ enum Options {
                               num_queues must not exceed it.
 
     iSCSI login (Docs/SECURITY.md):
-      --initiator-name IQN    This server's iSCSI initiator name (default: \(defaultInitiatorName())).
+      --initiator-name IQN    This server's iSCSI initiator name (default: \(ISCSILoginSettings.defaultInitiatorName())).
                               Give each host its own: two servers on one LUN must not share it.
       --chap-user NAME        Log in with CHAP as NAME; the secret comes from
       --chap-secret-file PATH   the first line of PATH, or
@@ -117,14 +116,5 @@ enum Options {
         }
         try configuration.finish()
         return .run(configuration)
-    }
-
-    /// A per-host default, so that two hosts never present the same initiator by accident.
-    static func defaultInitiatorName() -> String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        let host = gethostname(&buffer, buffer.count) == 0
-            ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "localhost"
-        let cleaned = host.lowercased().map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." ? $0 : "-" }
-        return "iqn.2026-11.org.vhost-user-scsi:" + String(cleaned)
     }
 }

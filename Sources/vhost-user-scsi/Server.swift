@@ -27,7 +27,13 @@ enum Server {
         Log.format = configuration.logFormat
         signal(SIGPIPE, SIG_IGN)
 
-        let login = LoginSettings(initiatorName: configuration.initiatorName, recovery: configuration.recoveryPolicy)
+        let login: LoginSettings
+        do {
+            login = LoginSettings(iscsi: try configuration.loginSettings(), recovery: configuration.recoveryPolicy)
+        } catch {
+            fail("\(error)", status: 2)
+        }
+        for warning in login.iscsi.securityWarnings { Log.warning(warning) }
         var controllers: [Controller] = []
         var control: ControlServer?
         var exporter: PrometheusExporter?
@@ -58,7 +64,7 @@ enum Server {
             exporter?.stop()
             fail("\(error)", status: 1)
         }
-        Log.info("initiator \(configuration.initiatorName); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "
+        Log.info("initiator \(login.iscsi); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "
                  + "keep-alive " + (configuration.keepaliveSeconds == 0 ? "off" : "every \(configuration.keepaliveSeconds) s"))
         installSignalHandlers(controllers: controllers, control: control)
         dispatchMain()

@@ -1,3 +1,4 @@
+import ISCSIInitiator
 import MetricsExporter
 import ServerLog
 
@@ -11,26 +12,31 @@ enum Settings {
 
     static let global: [String: GlobalSetter] = [
         "initiator-name": { c, v throws(ConfigurationError) in
-            guard v.hasPrefix("iqn.") || v.hasPrefix("eui.") || v.hasPrefix("naa.") else {
-                throw ConfigurationError("--initiator-name '\(v)' is not an iqn., eui. or naa. name")
+            do { try ISCSILoginSettings.validateInitiatorName(v) } catch {
+                throw ConfigurationError("--initiator-name: \(error)")
             }
             c.initiatorName = v
         },
         "chap-user": { c, v throws(ConfigurationError) in c.credentials.chapUser = try nonEmpty("chap-user", v) },
-        "chap-secret-file": { c, v throws(ConfigurationError) in c.credentials.chapSecret = .file(try nonEmpty("chap-secret-file", v)) },
-        "chap-secret-env": { c, v throws(ConfigurationError) in c.credentials.chapSecret = .environment(try nonEmpty("chap-secret-env", v)) },
+        "chap-secret-file": { c, v throws(ConfigurationError) in
+            c.credentials.chapSecret = try once(c.credentials.chapSecret, .file(try nonEmpty("chap-secret-file", v)), "chap")
+        },
+        "chap-secret-env": { c, v throws(ConfigurationError) in
+            c.credentials.chapSecret = try once(c.credentials.chapSecret, .environment(try nonEmpty("chap-secret-env", v)), "chap")
+        },
         "mutual-chap-user": { c, v throws(ConfigurationError) in c.credentials.mutualChapUser = try nonEmpty("mutual-chap-user", v) },
         "mutual-chap-secret-file": { c, v throws(ConfigurationError) in
-            c.credentials.mutualChapSecret = .file(try nonEmpty("mutual-chap-secret-file", v))
+            c.credentials.mutualChapSecret = try once(c.credentials.mutualChapSecret,
+                                                      .file(try nonEmpty("mutual-chap-secret-file", v)), "mutual-chap")
         },
         "mutual-chap-secret-env": { c, v throws(ConfigurationError) in
-            c.credentials.mutualChapSecret = .environment(try nonEmpty("mutual-chap-secret-env", v))
+            c.credentials.mutualChapSecret = try once(c.credentials.mutualChapSecret,
+                                                      .environment(try nonEmpty("mutual-chap-secret-env", v)), "mutual-chap")
         },
         "header-digest": { c, v throws(ConfigurationError) in
-            guard ["none", "crc32c", "prefer-none", "prefer-crc32c"].contains(v) else {
-                throw ConfigurationError("--header-digest must be none, crc32c, prefer-none or prefer-crc32c, not '\(v)'")
+            do { c.headerDigest = try ISCSIHeaderDigest(parsing: v) } catch {
+                throw ConfigurationError("--header-digest: \(error)")
             }
-            c.headerDigest = v
         },
         "drain-timeout": { c, v throws(ConfigurationError) in
             c.drainTimeoutSeconds = try number("drain-timeout", v, 1...3600, unit: "seconds")
@@ -76,6 +82,16 @@ enum Settings {
     private static func nonEmpty(_ name: String, _ value: String) throws(ConfigurationError) -> String {
         guard !value.isEmpty else { throw ConfigurationError("--\(name) must not be empty") }
         return value
+    }
+
+    /// A secret's location may be given once: a file and a variable both would leave which one
+    /// is used to the reader's guess.
+    private static func once(_ current: SecretLocation?, _ new: SecretLocation,
+                             _ option: String) throws(ConfigurationError) -> SecretLocation {
+        guard current == nil || current == new else {
+            throw ConfigurationError("--\(option)-secret-file and --\(option)-secret-env: give the secret one way only")
+        }
+        return new
     }
 
     private static func number(_ name: String, _ text: String, _ range: ClosedRange<Int>,

@@ -1,4 +1,6 @@
 import Glibc
+import MetricsExporter
+import ServerLog
 import Testing
 @testable import vhost_user_scsi
 
@@ -50,8 +52,8 @@ private func loadError(_ text: String) -> String? {
         #expect(c.targetTimeoutSeconds == 30)
         #expect(c.keepaliveSeconds == 2)
         #expect(c.controlSocket == "/run/vus/control.sock")
-        #expect(c.metricsListen == "127.0.0.1:9850")
-        #expect(c.logFormat == "json")
+        #expect(c.metricsListen?.description == "127.0.0.1:9850")
+        #expect(c.logFormat == .json)
         #expect(c.controllers.map(\.name) == ["vm1", "vm2"])
         #expect(c.controllers[0].requestQueues == 2)
         #expect(c.controllers[0].luns.map(\.address.description) == ["0:0", "0:5"])

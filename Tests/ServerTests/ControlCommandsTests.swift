@@ -6,7 +6,7 @@ import Testing
 /// The protocol's envelope and argument checks; commands that reach a device are tested end
 /// to end (Scripts/hotplug-test.sh) and through the device's own tests.
 @Suite struct ControlCommandsTests {
-    let commands = ControlCommands(controllers: [], login: LoginSettings(initiatorName: "iqn.2026-11.test:x",
+    let commands = ControlCommands(controllers: [], login: LoginSettings(iscsi: ISCSILoginSettings(initiatorName: "iqn.2026-11.test:x"),
                                                                            recovery: .default))
 
     @Test func answersAreOkOrAnError() {
