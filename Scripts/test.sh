@@ -15,6 +15,8 @@
 #   outages              Scripts/outage-test.sh: tgtd restarted and its port blocked under I/O
 #   fuzzing              Fuzz/run.sh with a fixed budget per target
 #   load generator       vhost-user-scsi-bench --verify against the server
+#   security             Scripts/security-test.sh: CHAP and mutual CHAP from secret files and the
+#                        environment against a tgtd that demands them, I/O verified through them
 # The server is built once in release mode for all end-to-end runs. Each part prints its own
 # "N passed, M failed"; the last line sums them up.
 #
@@ -90,6 +92,7 @@ run_informational migration-qemu7 "$here/migrate-test.sh" "$bin/vhost-user-scsi"
 run_suite outages "$here/outage-test.sh" "$bin/vhost-user-scsi"
 run_suite fuzzing env FUZZ_NO_CORPUS_UPDATE=1 "$root/Fuzz/run.sh" all "${VUS_FUZZ_SECONDS:-30}"
 run_suite load-generator-verify "$here/bench-verify.sh" "$bin"
+run_suite security "$here/security-test.sh" "$bin"
 
 for line in "${informational[@]}"; do echo "== informational: $line" >&2; done
 echo "== suites that failed: ${failed_names[*]:-none}; logs in $logs" >&2
