@@ -23,7 +23,7 @@ public enum PrometheusText {
         family(&out, "written_bytes_total", .counter, "Data-out bytes the target took from the guest.")
         eachQueue(controllers) { labels, queue in sample(&out, "written_bytes_total", labels, queue.counters.bytesWritten) }
         family(&out, "request_errors_total", .counter,
-               "Requests answered with a virtio response other than OK or a SCSI status other than GOOD, or refused.")
+               "Requests answered with a virtio response other than OK or a SCSI status other than GOOD, or refused; bus-scan probes of unconfigured addresses excluded.")
         eachQueue(controllers) { labels, queue in sample(&out, "request_errors_total", labels, queue.counters.errors) }
         family(&out, "requests_in_flight", .gauge, "Commands sent to the target and not yet completed.")
         eachQueue(controllers) { labels, queue in sample(&out, "requests_in_flight", labels, UInt64(max(queue.inFlight, 0))) }

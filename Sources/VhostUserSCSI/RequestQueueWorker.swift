@@ -177,7 +177,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         slot.dataInLength = chain.writableBytes - VirtioSCSICommandResponse.byteCount
         guard let address = VirtioSCSIAddress(lunField: UnsafeRawBufferPointer(rebasing: slot.header[0..<8])),
               lunMap.hasTarget(address.target) else {
-            respond(slot, vring: vring, response: .badTarget)
+            respond(slot, vring: vring, response: .badTarget, probingAbsentAddress: true)
             return false
         }
         slot.address = address
@@ -284,14 +284,17 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     private func respond(_ slot: RequestSlot, vring: Vring, response: VirtioSCSIResponse, status: UInt8 = 0,
                          residual: UInt32 = 0, sense: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
-                         dataIn: Int = 0, dataOut: Int = 0) {
+                         dataIn: Int = 0, dataOut: Int = 0, probingAbsentAddress: Bool = false) {
         withUnsafeTemporaryAllocation(byteCount: VirtioSCSICommandResponse.byteCount, alignment: 8) { header in
             VirtioSCSICommandResponse.encode(response: response, status: status, residual: residual, sense: sense, into: header)
             slot.chain.writeWritable(at: 0, from: UnsafeRawBufferPointer(header))
         }
         // Response header and data-in were written: log them before the request is used.
         vring.logWrites(to: slot.chain, headerBytes: VirtioSCSICommandResponse.byteCount)
-        meters.answered(opcode: slot.cdb[0], responseOK: response == .ok, status: status, bytesRead: dataIn, bytesWritten: dataOut)
+        // A guest's bus scan probes every target and LUN; the "no such address" answers it gets
+        // are expected, not errors an operator should be alerted to.
+        meters.answered(opcode: slot.cdb[0], responseOK: response == .ok || probingAbsentAddress,
+                        status: probingAbsentAddress ? SCSIStatus.good.rawValue : status, bytesRead: dataIn, bytesWritten: dataOut)
         finish(slot, vring: vring, usedLength: UInt32(VirtioSCSICommandResponse.byteCount + dataIn))
     }
 
@@ -316,7 +319,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         default:
             FixedSenseData.logicalUnitNotSupported.bytes.withUnsafeBytes { sense in
                 respond(slot, vring: vring, response: .ok, status: SCSIStatus.checkCondition.rawValue,
-                        residual: UInt32(slot.dataInLength), sense: sense)
+                        residual: UInt32(slot.dataInLength), sense: sense, probingAbsentAddress: true)
             }
         }
     }

@@ -50,7 +50,7 @@ import VirtioTestSupport
         #expect(value("requests_total", q0, ["kind": "other"]) == 3)
         #expect(value("read_bytes_total", q0) == 4096)
         #expect(value("written_bytes_total", q0) == 4096)
-        #expect(value("request_errors_total", q0) == 2, "CHECK CONDITION and BAD_TARGET")
+        #expect(value("request_errors_total", q0) == 0, "a bus scan's answers for absent addresses are not errors")
         #expect(value("requests_in_flight", q0) == 0)
         #expect(value("request_duration_seconds_count", q0) == 3, "the three commands that went to the target")
         #expect(value("requests_total", q1, ["kind": "read"]) == 1)
@@ -117,9 +117,10 @@ import VirtioTestSupport
         }
         let expected = [LUNStatistics(target: 0, lun: 0, reconnects: 2, connectionLosses: 3, commandFailures: 4),
                         LUNStatistics(target: 0, lun: 300)]
-        #expect(h.device.refreshStatistics().luns == expected)
+        // Polled: under a loaded test run a queue may miss refreshStatistics' deadline once.
+        #expect(waitUntil(timeout: 5) { h.device.refreshStatistics().luns == expected })
         h.device.closeSessions()
-        #expect(h.device.refreshStatistics().luns == expected, "kept after the session closed")
+        #expect(waitUntil(timeout: 5) { h.device.refreshStatistics().luns == expected }, "kept after the session closed")
         let text = PrometheusText.render([("c", h.device.statistics())])
         let parsed = try PrometheusExposition(parsing: text)
         #expect(parsed.value("vhost_user_scsi_iscsi_command_failures_total", ["controller": "c", "queue": "0", "lun": "0:0"]) == 4)
