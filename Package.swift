@@ -19,6 +19,8 @@ let package = Package(
 
         // Pure Swift layers: no Dispatch, no syscalls; unit-tested and fuzzed in memory.
         .target(name: "ServerLog"),
+        // sd_notify(3) without libsystemd: READY=1 / STOPPING=1 to $NOTIFY_SOCKET (Examples/systemd).
+        .target(name: "ServiceNotify", dependencies: ["ServerLog"]),
         .target(name: "SCSICore"),
         .target(name: "VirtioCore", dependencies: ["CVhostShims"]),
         .target(name: "VhostUserProtocol"),
@@ -28,7 +30,8 @@ let package = Package(
         .target(name: "VhostUserBackend", dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog"]),
         .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog"]),
         .target(name: "VhostUserSCSI", dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog"]),
-        .executableTarget(name: "vhost-user-scsi", dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog"]),
+        .executableTarget(name: "vhost-user-scsi", dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog",
+                                                                 "ServiceNotify"]),
 
         // The driver side of vhost-user and virtio (a frontend and a guest driver in one
         // process): used by the load generator and by the tests.
@@ -62,5 +65,6 @@ let package = Package(
                     dependencies: ["VhostUserSCSI", "VhostUserBackend", "VirtioTestSupport", "SCSICore", "VirtioSCSI"]),
         .testTarget(name: "ISCSIInitiatorTests", dependencies: ["ISCSIInitiator", "SCSICore"]),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
+        .testTarget(name: "ServiceNotifyTests", dependencies: ["ServiceNotify"]),
     ]
 )

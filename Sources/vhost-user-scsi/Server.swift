@@ -3,6 +3,7 @@ import Glibc
 import ISCSIInitiator
 import SCSICore
 import ServerLog
+import ServiceNotify
 import VhostUserBackend
 import VhostUserSCSI
 import VirtioSCSI
@@ -52,6 +53,7 @@ enum Server {
         Log.info("serving \(options.luns.count) LUN(s) on \(options.requestQueues) request queue(s) as \(options.initiatorName); "
                  + "target outages ridden out for \(options.targetTimeoutSeconds) s, keep-alive "
                  + (options.keepaliveSeconds == 0 ? "off" : "every \(options.keepaliveSeconds) s"))
+        ServiceNotify.ready(status: "serving \(options.luns.count) LUN(s) on \(options.socketPath)")
         installSignalHandlers(server: server, device: device)
         dispatchMain()
     }
