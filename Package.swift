@@ -27,6 +27,8 @@ let package = Package(
         // Per-queue counters, the latency histogram, statistics snapshots and the Prometheus
         // text rendering (Docs/OBSERVABILITY.md).
         .target(name: "ServerMetrics"),
+        // sd_notify(3) without libsystemd: READY=1 / STOPPING=1 to $NOTIFY_SOCKET (Examples/systemd).
+        .target(name: "ServiceNotify", dependencies: ["ServerLog"]),
         .target(name: "SCSICore"),
         .target(name: "VirtioCore", dependencies: ["CVhostShims"]),
         .target(name: "VhostUserProtocol"),
@@ -43,7 +45,7 @@ let package = Package(
         .target(name: "ControlProtocol"),
         .executableTarget(name: "vhost-user-scsi",
                           dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog", "ServerMetrics",
-                                         "MetricsExporter", "ControlProtocol"]),
+                                         "MetricsExporter", "ControlProtocol", "ServiceNotify"]),
         // The control socket's client (Docs/CONTROL.md).
         .executableTarget(name: "vhost-user-scsi-ctl", dependencies: ["ControlProtocol"]),
 
@@ -82,6 +84,7 @@ let package = Package(
         .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
         .testTarget(name: "ServerTests", dependencies: ["vhost-user-scsi", "ControlProtocol", "ISCSIInitiator", "MetricsExporter", "ServerLog"]),
         .testTarget(name: "ServerLogTests", dependencies: ["ServerLog", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "ServiceNotifyTests", dependencies: ["ServiceNotify"]),
         .testTarget(name: "ServerMetricsTests", dependencies: ["ServerMetrics", "MetricsExporter", "VirtioTestSupport"]),
     ]
 )

@@ -4,6 +4,9 @@
 #   unit + integration   swift test: in-memory ring, protocol, device and hostile-input tests,
 #                        the fuzz corpus replay, and the iSCSI initiator against a real tgtd
 #   end to end           Scripts/e2e.sh: a QEMU guest on the server, two LUNs, two queues
+#   examples             Scripts/examples-test.sh: Examples/ (QEMU and libvirt command lines, the
+#                        systemd unit, the configuration file, the migration walk-through) and
+#                        the man page, against the real server, tgtd and QEMU
 #   hotplug              Scripts/hotplug-test.sh: two controllers from a config file, one guest;
 #                        vhost-user-scsi-ctl adds, grows and removes a LUN while it runs
 #   reconnect            Scripts/reconnect-test.sh: SIGKILL the server under guest I/O (QEMU 10)
@@ -27,6 +30,8 @@ root=$(cd "$here/.." && pwd)
 cd "$root" || exit 1
 
 "$here/install-deps.sh" || exit 1
+# A CI job run by systemd must not hand its notify socket to the servers the tests start.
+unset NOTIFY_SOCKET
 logs=$(mktemp -d /tmp/vus-test.XXXXXX)
 suites_passed=0
 suites_failed=0
@@ -79,6 +84,7 @@ debug_bin=$(swift build --show-bin-path)/vhost-user-scsi
 swift build --product vhost-user-scsi 2>&1 | tail -1
 
 run_suite end-to-end "$here/e2e.sh" "$bin/vhost-user-scsi"
+run_suite examples "$here/examples-test.sh" "$bin" --qemu "$qemu10"
 run_suite hotplug "$here/hotplug-test.sh" "$bin"
 run_suite reconnect "$here/reconnect-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10"
 run_suite migration-qemu10 "$here/migrate-test.sh" "$bin/vhost-user-scsi" --qemu "$qemu10" --rounds 3

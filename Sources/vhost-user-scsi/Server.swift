@@ -4,6 +4,7 @@ import ISCSIInitiator
 import MetricsExporter
 import ServerLog
 import ServerMetrics
+import ServiceNotify
 
 /// Wiring: options → controllers (each probes its LUNs) → vhost-user sockets → wait for a signal.
 enum Server {
@@ -67,6 +68,9 @@ enum Server {
         Log.info("initiator \(login.iscsi); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "
                  + "keep-alive " + (configuration.keepaliveSeconds == 0 ? "off" : "every \(configuration.keepaliveSeconds) s"))
         installSignalHandlers(controllers: controllers, control: control)
+        // After the handlers: a systemd unit of Type=notify is "active" from here on.
+        ServiceNotify.ready(status: "serving \(controllers.count) controller(s): "
+                            + controllers.map { "\($0.name) (\($0.unitList.count) LUN(s))" }.joined(separator: ", "))
         dispatchMain()
     }
 
@@ -83,6 +87,7 @@ enum Server {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler { @Sendable in
+                ServiceNotify.stopping()
                 Log.info("signal \(sig): finishing in-flight I/O and shutting down")
                 control?.shutdown()
                 // Every controller at once: each waits for its own frontend's in-flight I/O.
