@@ -95,6 +95,8 @@ guest_pid=$!
 
 if wait_for_line "$work/guest.log" "VUS-INFO hotplug: ready" 300; then
     ctl list | sed 's/^/hotplug: list: /'
+    ctl --json list vm1 | grep -q '"address":"0:0","block_size":512,"blocks":131072,"product":"VIRTUAL-DISK","state":"up"'
+    check list_lun_state_up "$?" "(the guest is connected: its sessions are logged in)"
     ctl add-lun vm1 0:1 "$(url 3)" >"$work/ctl.out" 2>&1; rc=$?
     check ctl_add_lun "$rc" "$(cat "$work/ctl.out")"
     ctl --json list vm1 | grep -q '"address":"0:1"'

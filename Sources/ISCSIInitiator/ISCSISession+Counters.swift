@@ -7,4 +7,10 @@ extension ISCSISession {
         SCSISessionCounters(reconnects: UInt64(reconnects), connectionLosses: UInt64(outages),
                             commandFailures: commandFailures)
     }
+
+    /// Up, riding out an outage, or past the outage timeout (ISCSISession+Recovery.swift).
+    public var link: SCSISessionLink {
+        if linkUp { return .up }
+        return failingCommands ? .failing : .reconnecting
+    }
 }

@@ -140,11 +140,26 @@ public protocol SCSITargetSession: AnyObject {
     /// What the session has counted since it was made (read on the session's queue, for
     /// metrics); zeros by default.
     var sessionCounters: SCSISessionCounters { get }
+
+    /// Whether the session can reach its target now (read on the session's queue, for the
+    /// LUN state in `list` and the metrics); `.up` by default.
+    var link: SCSISessionLink { get }
+}
+
+/// A session's connection to its target, as an operator wants to see it.
+public enum SCSISessionLink: Sendable, Equatable {
+    /// Logged in.
+    case up
+    /// The connection was lost and the session is logging in again; commands wait.
+    case reconnecting
+    /// Lost for longer than the outage timeout: commands fail until the target is back.
+    case failing
 }
 
 extension SCSITargetSession {
     public var deliversCompletionsInBatches: Bool { false }
     public var sessionCounters: SCSISessionCounters { SCSISessionCounters() }
+    public var link: SCSISessionLink { .up }
 }
 
 /// Transport events a session counts, for metrics (Docs/OBSERVABILITY.md).

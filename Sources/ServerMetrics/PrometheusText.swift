@@ -56,6 +56,16 @@ public enum PrometheusText {
                 }
             }
         }
+        family(&out, "iscsi_sessions", .gauge, "iSCSI sessions of the unit by the state of their connection.")
+        eachQueue(controllers) { labels, queue in
+            for unit in queue.luns {
+                let states: [(String, Int)] = [("up", unit.sessionsUp), ("reconnecting", unit.sessionsReconnecting),
+                                               ("failing", unit.sessionsFailing)]
+                for (state, count) in states {
+                    sample(&out, "iscsi_sessions", labels + [("lun", unit.label), ("state", state)], UInt64(count))
+                }
+            }
+        }
         return out
     }
 

@@ -1,4 +1,5 @@
-// JSON shapes of the statistics, for the control socket (`vhost-user-scsi-ctl stats`):
+// JSON shapes of the statistics, for the control socket (`vhost-user-scsi-ctl stats`, which
+// turns the keys into snake_case like the rest of its protocol):
 //
 //   DeviceStatistics  {"queues": [QueueStatistics], "totals": QueueCounters, "luns": [LUNStatistics]}
 //   QueueStatistics   {"queue": 0, "inFlight": 0, "luns": [...], then the QueueCounters members}
@@ -8,7 +9,8 @@
 //                      "buckets": [{"maxSeconds": 1.6e-05, "count": 0}, ..., {"maxSeconds": null, "count": 0}]}
 //                     (per-bucket counts, not cumulative; the last bucket has no bound)
 //   LUNStatistics     {"target": 0, "lun": 1, "reconnects": 0, "connectionLosses": 0,
-//                      "commandFailures": 0, "loginFailures": 0}
+//                      "commandFailures": 0, "loginFailures": 0, "sessionsUp": 1,
+//                      "sessionsReconnecting": 0, "sessionsFailing": 0}
 
 extension LatencyHistogram: Encodable {
     private enum Keys: String, CodingKey { case count, sumSeconds, buckets }

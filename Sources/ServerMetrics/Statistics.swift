@@ -16,9 +16,18 @@ public struct LUNStatistics: Sendable, Equatable, Encodable {
     /// Attempts to make a session for the unit that failed (the request got
     /// VIRTIO_SCSI_S_TRANSPORT_FAILURE and a new login is tried at most once a second).
     public var loginFailures: UInt64
+    /// The unit's sessions (one per request queue that has one) by the state of their
+    /// connection, when published.
+    public var sessionsUp: Int
+    public var sessionsReconnecting: Int
+    public var sessionsFailing: Int
 
     public init(target: UInt8, lun: UInt16, reconnects: UInt64 = 0, connectionLosses: UInt64 = 0,
-                commandFailures: UInt64 = 0, loginFailures: UInt64 = 0) {
+                commandFailures: UInt64 = 0, loginFailures: UInt64 = 0,
+                sessionsUp: Int = 0, sessionsReconnecting: Int = 0, sessionsFailing: Int = 0) {
+        self.sessionsUp = sessionsUp
+        self.sessionsReconnecting = sessionsReconnecting
+        self.sessionsFailing = sessionsFailing
         self.target = target
         self.lun = lun
         self.reconnects = reconnects
@@ -35,6 +44,17 @@ public struct LUNStatistics: Sendable, Equatable, Encodable {
         connectionLosses &+= other.connectionLosses
         commandFailures &+= other.commandFailures
         loginFailures &+= other.loginFailures
+        sessionsUp += other.sessionsUp
+        sessionsReconnecting += other.sessionsReconnecting
+        sessionsFailing += other.sessionsFailing
+    }
+
+    /// One word for the unit: `failing` or `reconnecting` if any session is, `up` if every
+    /// session is up, `idle` when there is none (no guest connected, or no ring started).
+    public var state: String {
+        if sessionsFailing > 0 { return "failing" }
+        if sessionsReconnecting > 0 { return "reconnecting" }
+        return sessionsUp > 0 ? "up" : "idle"
     }
 }
 

@@ -393,10 +393,13 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     /// `VirtioSCSIDevice.refreshStatistics`.
     func publishStatistics() {
         let luns = lunMap.units.map { unit in
-            let counted = (sessions[unit.id]?.sessionCounters ?? SCSISessionCounters()) + closedSessionCounters[unit.id]
+            let session = sessions[unit.id]
+            let counted = (session?.sessionCounters ?? SCSISessionCounters()) + closedSessionCounters[unit.id]
+            let link = session?.link
             return LUNStatistics(target: unit.address.target, lun: unit.address.lun, reconnects: counted.reconnects,
                                  connectionLosses: counted.connectionLosses, commandFailures: counted.commandFailures,
-                                 loginFailures: loginFailures[unit.id])
+                                 loginFailures: loginFailures[unit.id], sessionsUp: link == .up ? 1 : 0,
+                                 sessionsReconnecting: link == .reconnecting ? 1 : 0, sessionsFailing: link == .failing ? 1 : 0)
         }
         statisticsCell.publish(QueueStatistics(queue: 0, counters: meters.counters, inFlight: inFlight, luns: luns))
     }

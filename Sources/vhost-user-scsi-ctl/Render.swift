@@ -25,7 +25,7 @@ enum Render {
                 let blocks = Double(lun["blocks"]?.scalarText ?? "0") ?? 0
                 let blockSize = Double(lun["block_size"]?.scalarText ?? "0") ?? 0
                 let mib = Int(blocks * blockSize / 1_048_576)
-                lines.append("  \(lun["address"]?.scalarText ?? "?")  \(lun["url"]?.scalarText ?? "")  \(mib) MiB  "
+                lines.append("  \(lun["address"]?.scalarText ?? "?")  \(lun["state"]?.scalarText ?? "?")  \(lun["url"]?.scalarText ?? "")  \(mib) MiB  "
                              + "\(lun["vendor"]?.scalarText ?? "") \(lun["product"]?.scalarText ?? "")")
             }
         }

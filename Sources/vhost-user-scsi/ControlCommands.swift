@@ -84,12 +84,14 @@ struct ControlCommands: Sendable {
     // MARK: - Descriptions
 
     private func describe(_ controller: Controller) -> JSONValue {
-        .object([
+        // Each unit's state comes from its sessions, as the request queues last published it.
+        let states = Dictionary(controller.device.refreshStatistics().luns.map { ($0.label, $0.state) }) { a, _ in a }
+        return .object([
             "name": .string(controller.name),
             "socket": .string(controller.socketPath),
             "connected": .bool(controller.server.isConnected),
             "request_queues": .number(Double(controller.device.requestQueueCount)),
-            "luns": .array(controller.unitList.map(describe)),
+            "luns": .array(controller.unitList.map { describe($0, state: states[$0.address.description]) }),
         ])
     }
 
@@ -102,9 +104,10 @@ struct ControlCommands: Sendable {
         return .object(fields)
     }
 
-    private func describe(_ unit: Controller.Unit) -> JSONValue {
+    private func describe(_ unit: Controller.Unit, state: String? = nil) -> JSONValue {
         .object([
             "address": .string(unit.address.description),
+            "state": .string(state ?? "idle"),
             "url": .string(unit.url.description),
             "vendor": .string(unit.probe.vendor),
             "product": .string(unit.probe.product),

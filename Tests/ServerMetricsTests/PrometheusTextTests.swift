@@ -10,7 +10,8 @@ import VirtioTestSupport
         for ns: UInt64 in [15_000, 70_000, 70_000, 3_000_000, 30_000_000_000] { busy.recordLatency(nanoseconds: ns) }
         return DeviceStatistics(queues: [
             QueueStatistics(queue: 0, counters: busy, inFlight: 7,
-                            luns: [LUNStatistics(target: 0, lun: 1, reconnects: 2, connectionLosses: 3, commandFailures: 4, loginFailures: 5)]),
+                            luns: [LUNStatistics(target: 0, lun: 1, reconnects: 2, connectionLosses: 3, commandFailures: 4, loginFailures: 5,
+                                                  sessionsReconnecting: 1)]),
             QueueStatistics(queue: 1, luns: [LUNStatistics(target: 0, lun: 1)]),
         ])
     }
@@ -21,11 +22,16 @@ import VirtioTestSupport
         let parsed = try PrometheusExposition(parsing: text)
         let families = ["requests_total", "read_bytes_total", "written_bytes_total", "request_errors_total",
                         "requests_in_flight", "request_duration_seconds", "iscsi_reconnects_total",
-                        "iscsi_connection_losses_total", "iscsi_command_failures_total", "iscsi_login_failures_total"]
+                        "iscsi_connection_losses_total", "iscsi_command_failures_total", "iscsi_login_failures_total",
+                        "iscsi_sessions"]
             .map { "vhost_user_scsi_" + $0 }
         #expect(Set(parsed.types.keys) == Set(families))
         #expect(Set(parsed.helps.keys) == Set(families))
         #expect(parsed.types["vhost_user_scsi_requests_in_flight"] == "gauge")
+        #expect(parsed.types["vhost_user_scsi_iscsi_sessions"] == "gauge")
+        let unit0 = ["controller": "ctrl0", "queue": "0", "lun": "0:1"]
+        #expect(parsed.value("vhost_user_scsi_iscsi_sessions", unit0.merging(["state": "reconnecting"]) { $1 }) == 1)
+        #expect(parsed.value("vhost_user_scsi_iscsi_sessions", unit0.merging(["state": "up"]) { $1 }) == 0)
         #expect(parsed.types["vhost_user_scsi_request_duration_seconds"] == "histogram")
         #expect(families.filter { $0.hasSuffix("_total") }.allSatisfy { parsed.types[$0] == "counter" })
 
@@ -77,7 +83,7 @@ import VirtioTestSupport
 
     @Test func noControllersIsStillAValidExposition() throws {
         let parsed = try PrometheusExposition(parsing: PrometheusText.render([]))
-        #expect(parsed.samples.isEmpty && parsed.types.count == 10)
+        #expect(parsed.samples.isEmpty && parsed.types.count == 11)
     }
 
     /// The test's parser must reject what Prometheus would, or its passes mean nothing.

@@ -115,12 +115,15 @@ import VirtioTestSupport
         session.queue.sync {
             session.simulatedCounters = SCSISessionCounters(reconnects: 2, connectionLosses: 3, commandFailures: 4)
         }
-        let expected = [LUNStatistics(target: 0, lun: 0, reconnects: 2, connectionLosses: 3, commandFailures: 4),
-                        LUNStatistics(target: 0, lun: 300)]
+        let expected = [LUNStatistics(target: 0, lun: 0, reconnects: 2, connectionLosses: 3, commandFailures: 4, sessionsUp: 1),
+                        LUNStatistics(target: 0, lun: 300, sessionsUp: 1)]
         // Polled: under a loaded test run a queue may miss refreshStatistics' deadline once.
         #expect(waitUntil(timeout: 5) { h.device.refreshStatistics().luns == expected })
+        #expect(h.device.statistics().luns.map(\.state) == ["up", "up"])
         h.device.closeSessions()
-        #expect(waitUntil(timeout: 5) { h.device.refreshStatistics().luns == expected }, "kept after the session closed")
+        let closed = expected.map { var unit = $0; unit.sessionsUp = 0; return unit }
+        #expect(waitUntil(timeout: 5) { h.device.refreshStatistics().luns == closed }, "kept after the session closed")
+        #expect(h.device.statistics().luns.map(\.state) == ["idle", "idle"])
         let text = PrometheusText.render([("c", h.device.statistics())])
         let parsed = try PrometheusExposition(parsing: text)
         #expect(parsed.value("vhost_user_scsi_iscsi_command_failures_total", ["controller": "c", "queue": "0", "lun": "0:0"]) == 4)
