@@ -11,8 +11,7 @@ public final class VhostUserServer: @unchecked Sendable {
     let device: VhostUserDevice
     let options: BackendOptions
     let controlQueue = DispatchQueue(label: "vhost-user.control")
-    private var listenFD: Int32 = -1
-    private var acceptSource: DispatchSourceRead?
+    private var listener: UnixListener?
     private var connection: FrontendConnection?
     private var connectionCount = 0
 
@@ -24,15 +23,11 @@ public final class VhostUserServer: @unchecked Sendable {
 
     /// Binds the socket (refusing one another server is using) and starts accepting.
     public func start() throws {
-        let fd = try UnixSocket.listen(path: socketPath)
-        controlQueue.sync {
-            listenFD = fd
-            // The listening fd is never closed before shutdown; a plain source is safe here.
-            let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: controlQueue)
-            source.setEventHandler { @Sendable [weak self] in self?.acceptOne() }
-            acceptSource = source
-            source.resume()
+        let listener = try UnixListener(path: socketPath, queue: controlQueue) { [weak self] fd in
+            guard let self else { _ = close(fd); return }
+            self.serve(fd)
         }
+        controlQueue.sync { self.listener = listener }
         Log.info("listening on \(socketPath)")
     }
 
@@ -40,13 +35,8 @@ public final class VhostUserServer: @unchecked Sendable {
     /// removes the socket file. Blocks until done.
     public func shutdown() {
         controlQueue.sync {
-            acceptSource?.cancel()
-            acceptSource = nil
-            if listenFD >= 0 {
-                close(listenFD)
-                listenFD = -1
-                unlink(socketPath)
-            }
+            listener?.close()
+            listener = nil
             connection?.close(reason: "server shutting down")
             connection = nil
         }
@@ -58,15 +48,8 @@ public final class VhostUserServer: @unchecked Sendable {
     /// Runs `body` on the control queue after everything queued so far (for tests).
     public func sync<T>(_ body: () -> T) -> T { controlQueue.sync(execute: body) }
 
-    private func acceptOne() {
-        let fd = accept(listenFD, nil, nil)
-        guard fd >= 0 else {
-            if errno != EAGAIN && errno != EINTR && errno != ECONNABORTED {
-                Log.warning("accept on \(socketPath): \(String(cString: strerror(errno)))")
-            }
-            return
-        }
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    /// A frontend connected (on `controlQueue`).
+    private func serve(_ fd: Int32) {
         guard connection == nil else {
             Log.warning("refusing a second frontend connection while one is being served")
             close(fd)

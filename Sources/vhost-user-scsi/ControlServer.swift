@@ -9,15 +9,14 @@ import VhostUserBackend
 /// LUN probe waits for its target) holds up only the client that sent it; the data path never
 /// sees this code.
 final class ControlServer: @unchecked Sendable {
-    // @unchecked: `listenFD`, `acceptSource` and `clients` are confined to `queue`.
+    // @unchecked: `listener` and `clients` are confined to `queue`.
     static let maxClients = 16
     static let maxLineBytes = 64 * 1024
 
     let path: String
     private let handler: @Sendable (JSONValue) -> JSONValue
     private let queue = DispatchQueue(label: "control-socket")
-    private var listenFD: Int32 = -1
-    private var acceptSource: DispatchSourceRead?
+    private var listener: UnixListener?
     private var clients = 0
 
     /// `handler` turns a request into its response; it runs on the client's queue.
@@ -27,39 +26,24 @@ final class ControlServer: @unchecked Sendable {
     }
 
     func start() throws {
-        let fd = try UnixSocket.listen(path: path)
         // Whoever can connect can add and remove disks: owner only.
-        guard chmod(path, 0o600) == 0 else {
-            let message = String(cString: strerror(errno))
-            close(fd)
-            throw ControllerError(description: "chmod \(path): \(message)")
+        let listener = try UnixListener(path: path, mode: 0o600, queue: queue) { [weak self] fd in
+            guard let self else { _ = close(fd); return }
+            self.serve(fd)
         }
-        queue.sync {
-            listenFD = fd
-            let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-            source.setEventHandler { @Sendable [weak self] in self?.acceptOne() }
-            acceptSource = source
-            source.resume()
-        }
+        queue.sync { self.listener = listener }
         Log.info("control socket on \(path)")
     }
 
     func shutdown() {
         queue.sync {
-            acceptSource?.cancel()
-            acceptSource = nil
-            if listenFD >= 0 {
-                close(listenFD)
-                listenFD = -1
-                unlink(path)
-            }
+            listener?.close()
+            listener = nil
         }
     }
 
-    private func acceptOne() {
-        let fd = accept(listenFD, nil, nil)
-        guard fd >= 0 else { return }
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    /// A client connected (on `queue`).
+    private func serve(_ fd: Int32) {
         guard clients < Self.maxClients else {
             reply(fd, .object(["ok": .bool(false), "error": .string("too many control connections")]))
             close(fd)

@@ -109,7 +109,9 @@ import VirtioTestSupport
     @Test func lunCountersComeFromTheSessionsAndSurviveTheirClose() throws {
         let h = try ServerHarness()
         defer { h.stop() }
-        _ = try h.connectGuest()
+        // Held to the end: a guest let go disconnects, and the sessions would close early.
+        let guest = try h.connectGuest()
+        defer { withExtendedLifetime(guest) {} }
         #expect(waitUntil(timeout: 5) { h.backend.sessions.count == 2 })
         let session = try #require(h.backend.sessions.first { $0.backend == 0 })
         session.queue.sync {
