@@ -70,6 +70,14 @@ public final class Vring: @unchecked Sendable {
         self.inflightCounter = inflightCounter
     }
 
+    /// A started ring with no frontend behind it (no inflight region, no call fd yet): for
+    /// driving a device in one process, as the micro-benchmark of the request path does.
+    public convenience init(index: Int, queue: DispatchQueue, ring: UnsafeSplitQueue, memory: GuestMemory,
+                            negotiatedFeatures: VirtioFeatures) {
+        self.init(index: index, queue: queue, ring: ring, memory: memory, negotiatedFeatures: negotiatedFeatures,
+                  notifier: CallNotifier())
+    }
+
     /// Takes the next request's head: first those resubmitted after a restart, then the
     /// avail ring. Tracked in the inflight region from here until `push`.
     @inline(__always)
