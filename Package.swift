@@ -61,7 +61,8 @@ let package = Package(
         // CMallocCounter interposes malloc in that executable only, to count allocations.
         .target(name: "CMallocCounter"),
         .executableTarget(name: "vhost-user-scsi-microbench",
-                          dependencies: ["CMallocCounter", "VhostUserDriver", "VirtioCore", "VirtioSCSI", "ServerMetrics"]),
+                          dependencies: ["CMallocCounter", "VhostUserDriver", "VirtioCore", "VirtioSCSI", "ServerMetrics",
+                                         "VhostUserSCSI", "VhostUserBackend", "SCSICore"]),
 
         // Fuzz entry points (pure functions over bytes); libFuzzer drivers in Fuzz/, corpus
         // replayed by FuzzCorpusTests.

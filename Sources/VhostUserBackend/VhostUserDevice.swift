@@ -38,13 +38,17 @@ public protocol VhostUserDevice: AnyObject, Sendable {
 }
 
 /// A started ring, handed to the device. Confined to the device's queue for this ring.
+///
+/// Its mutable fields live in a struct behind a pointer held in a `let` (`mutable`): Swift
+/// checks exclusive access to a class's stored `var`s at run time (~75 instructions per
+/// access), and for public ones always, since other modules may touch them; the request path
+/// reads and changes these several times per request. Access through the pointer is not
+/// checked, which is safe because the ring is confined to `queue` and the accessors below are
+/// plain get/set: no `inout` access to a field is ever held across another.
 public final class Vring: @unchecked Sendable {
     // @unchecked: confined to `queue` (the device's queue for this ring index).
     public let index: Int
     public let queue: DispatchQueue
-    public var ring: UnsafeSplitQueue
-    /// The memory snapshot `ring`'s pointers and new requests are translated with.
-    public internal(set) var memory: GuestMemory
     public let negotiatedFeatures: VirtioFeatures
     let notifier: CallNotifier
 
@@ -53,35 +57,76 @@ public final class Vring: @unchecked Sendable {
     /// Heads that were in flight when the previous server died, oldest first: taken again
     /// before anything new (each exactly once).
     private let resubmit: [UInt16]
-    private var resubmitted = 0
-    private var inflightCounter: UInt64
+
+    private struct Mutable {
+        var ring: UnsafeSplitQueue
+        var memory: GuestMemory
+        var resubmitted = 0
+        var inflightCounter: UInt64
+        var dirtyLog: DirtyLog?
+        var usedRingLogAddress: UInt64?
+    }
+    private let mutable: UnsafeMutablePointer<Mutable>
+
+    public var ring: UnsafeSplitQueue {
+        get { mutable.pointee.ring }
+        set { mutable.pointee.ring = newValue }
+    }
+    /// The memory snapshot `ring`'s pointers and new requests are translated with.
+    public internal(set) var memory: GuestMemory {
+        get { mutable.pointee.memory }
+        set { mutable.pointee.memory = newValue }
+    }
+    /// The dirty log while the frontend has logging on (VHOST_F_LOG_ALL), else nil.
+    public internal(set) var dirtyLog: DirtyLog? {
+        get { mutable.pointee.dirtyLog }
+        set { mutable.pointee.dirtyLog = newValue }
+    }
+    /// Guest physical address of the used ring when its writes are to be logged
+    /// (VHOST_VRING_F_LOG in SET_VRING_ADDR).
+    var usedRingLogAddress: UInt64? {
+        get { mutable.pointee.usedRingLogAddress }
+        set { mutable.pointee.usedRingLogAddress = newValue }
+    }
 
     init(index: Int, queue: DispatchQueue, ring: UnsafeSplitQueue, memory: GuestMemory,
          negotiatedFeatures: VirtioFeatures, notifier: CallNotifier,
          inflight: UnsafeInflightQueue? = nil, resubmit: [UInt16] = [], inflightCounter: UInt64 = 1) {
         self.index = index
         self.queue = queue
-        self.ring = ring
-        self.memory = memory
         self.negotiatedFeatures = negotiatedFeatures
         self.notifier = notifier
         self.inflight = inflight
         self.resubmit = resubmit
-        self.inflightCounter = inflightCounter
+        mutable = .allocate(capacity: 1)
+        mutable.initialize(to: Mutable(ring: ring, memory: memory, inflightCounter: inflightCounter))
+    }
+
+    deinit {
+        mutable.deinitialize(count: 1)
+        mutable.deallocate()
+    }
+
+    /// A started ring with no frontend behind it (no inflight region, no call fd yet): for
+    /// driving a device in one process, as the micro-benchmark of the request path does.
+    public convenience init(index: Int, queue: DispatchQueue, ring: UnsafeSplitQueue, memory: GuestMemory,
+                            negotiatedFeatures: VirtioFeatures) {
+        self.init(index: index, queue: queue, ring: ring, memory: memory, negotiatedFeatures: negotiatedFeatures,
+                  notifier: CallNotifier())
     }
 
     /// Takes the next request's head: first those resubmitted after a restart, then the
     /// avail ring. Tracked in the inflight region from here until `push`.
     @inline(__always)
     public func pop() throws(UnsafeSplitQueue.RingError) -> UInt16? {
-        if resubmitted < resubmit.count {
-            resubmitted += 1
-            return resubmit[resubmitted - 1]
+        if mutable.pointee.resubmitted < resubmit.count {
+            mutable.pointee.resubmitted += 1
+            return resubmit[mutable.pointee.resubmitted - 1]
         }
-        guard let head = try ring.popAvail() else { return nil }
+        guard let head = try mutable.pointee.ring.popAvail() else { return nil }
         if let inflight {
-            inflight.taken(head, counter: inflightCounter)
-            inflightCounter &+= 1
+            inflight.taken(head, counter: mutable.pointee.inflightCounter)
+            mutable.pointee.inflightCounter &+= 1
         }
         return head
     }
@@ -91,25 +136,19 @@ public final class Vring: @unchecked Sendable {
     /// tracking"). The guest is interrupted by `publishUsedAndNotify()`, once per batch.
     @inline(__always)
     public func push(head: UInt16, length: UInt32) {
-        ring.addUsed(head: head, length: length)
+        mutable.pointee.ring.addUsed(head: head, length: length)
         inflight?.willPublish(head)
-        ring.publishUsed()
-        inflight?.published(head, usedIndex: ring.nextUsed)
+        mutable.pointee.ring.publishUsed()
+        inflight?.published(head, usedIndex: mutable.pointee.ring.nextUsed)
     }
-
-    /// The dirty log while the frontend has logging on (VHOST_F_LOG_ALL), else nil.
-    public internal(set) var dirtyLog: DirtyLog?
-    /// Guest physical address of the used ring when its writes are to be logged
-    /// (VHOST_VRING_F_LOG in SET_VRING_ADDR).
-    var usedRingLogAddress: UInt64?
 
     /// Publishes the used elements added since the last call, logs the used ring when
     /// migrating, and interrupts the guest if it asked to be (EVENT_IDX), once per batch.
     @inline(__always)
     public func publishUsedAndNotify() {
-        ring.publishUsed()
+        mutable.pointee.ring.publishUsed()
         logUsedRing()
-        if ring.needsNotification() {
+        if mutable.pointee.ring.needsNotification() {
             notifier.signal()
         }
     }
@@ -117,8 +156,8 @@ public final class Vring: @unchecked Sendable {
     /// `UnsafeSplitQueue.enableKicks` plus logging of the avail_event it writes.
     @inline(__always)
     public func enableKicks() -> Bool {
-        let more = ring.enableKicks()
-        if ring.eventIndex { logUsedRing() }
+        let more = mutable.pointee.ring.enableKicks()
+        if mutable.pointee.ring.eventIndex { logUsedRing() }
         return more
     }
 

@@ -19,11 +19,15 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     private(set) var lunMap: LUNMap
     let sessionFactory: SCSISessionFactory
     /// Indexed by logical unit id (`LogicalUnit.id`); nil for removed units.
-    private var sessions: [SCSITargetSession?]
+    /// Behind a pointer held in a `let` (see RequestSlotPool): replacing a session may run its
+    /// deinit, so a stored array `var` would be checked for exclusive access at run time on
+    /// every read, two per request. Read through `sessions` (a copy; calls into sessions are
+    /// made on copies), changed in place through `sessionTable.pointee` on this queue only.
+    private let sessionTable: UnsafeMutablePointer<[SCSITargetSession?]>
+    private var sessions: [SCSITargetSession?] { sessionTable.pointee }
     private var sessionRetryAfter: [DispatchTime]
     private var vring: Vring?
-    private var slots: [RequestSlot] = []
-    private var freeSlots: [Int] = []
+    private let slots = RequestSlotPool(capacity: RequestQueueWorker.maxOutstanding)
     private var inFlight = 0
     private var starved = false
     /// The guest broke the ring (avail index out of range, head out of range): nothing more is
@@ -51,7 +55,8 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         self.queue = queue
         self.lunMap = lunMap
         self.sessionFactory = sessionFactory
-        sessions = Array(repeating: nil, count: lunMap.nextID)
+        sessionTable = .allocate(capacity: 1)
+        sessionTable.initialize(to: Array(repeating: nil, count: lunMap.nextID))
         sessionRetryAfter = Array(repeating: .now(), count: lunMap.nextID)
         closedSessionCounters = Array(repeating: SCSISessionCounters(), count: lunMap.nextID)
         loginFailures = Array(repeating: 0, count: lunMap.nextID)
@@ -63,7 +68,11 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         statisticsTimer = timer
     }
 
-    deinit { statisticsTimer?.cancel() }
+    deinit {
+        statisticsTimer?.cancel()
+        sessionTable.deinitialize(count: 1)
+        sessionTable.deallocate()
+    }
 
     // MARK: - Ring lifecycle (called by the device on `queue`)
 
@@ -71,12 +80,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         self.vring = vring
         drained = nil
         generation &+= 1
-        let wanted = min(Int(vring.ring.size), Self.maxOutstanding)
-        if slots.count < wanted {
-            for token in slots.count..<wanted { slots.append(RequestSlot(token: token)) }
-        }
-        // Commands of an abandoned ring may still be outstanding: their slots stay taken.
-        freeSlots = slots[0..<wanted].filter { $0.backend < 0 }.map(\.token).reversed()
+        slots.prepare(count: min(Int(vring.ring.size), Self.maxOutstanding))
         inFlight = 0
         starved = false
         broken = false
@@ -102,7 +106,11 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         vring = nil
         drained = nil
         generation &+= 1
-        for slot in slots where slot.backend >= 0 {
+        // Sessions are called with a copy of the array (here and below): an access to the
+        // stored array held across a call into a session would keep every access to it
+        // checked at run time (see RequestSlotPool).
+        let sessions = self.sessions
+        for slot in slots.all where slot.backend >= 0 {
             sessions[slot.backend]?.taskManagement(.abortTask(token: slot.token), lun: slot.backendLUN) { _ in }
         }
         for case let session? in sessions { session.flush() }
@@ -110,12 +118,12 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     /// Logs out of every session (server shutdown).
     func closeSessions() {
-        for backend in sessions.indices {
-            guard let session = sessions[backend] else { continue }
+        let open = sessions
+        for case (let backend, let session?) in open.enumerated() {
             session.close()
             closedSessionCounters[backend] = closedSessionCounters[backend] + session.sessionCounters
         }
-        sessions = sessions.map { _ in nil }
+        sessionTable.pointee = Array(repeating: nil, count: open.count)
     }
 
     // MARK: - Requests
@@ -125,12 +133,13 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         meters.submissionBatchStarted()
         var pushedNow = false
         defer {
+            let sessions = self.sessions
             for case let session? in sessions { session.flush() }
             if pushedNow { vring.publishUsedAndNotify() }
         }
         outer: while true {
             while true {
-                guard let slotIndex = freeSlots.last else {
+                guard let token = slots.nextFree else {
                     starved = true
                     break outer
                 }
@@ -143,8 +152,8 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
                     return
                 }
                 guard let head else { break }
-                freeSlots.removeLast()
-                if !begin(slots[slotIndex], head: head, vring: vring) {
+                slots.takeFree()
+                if !begin(slots[token], head: head, vring: vring) {
                     pushedNow = true
                 }
             }
@@ -237,11 +246,12 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         guard slot.generation == generation, let vring else {
             // The ring was abandoned after a drain timeout: free the slot, touch nothing.
             slot.backend = -1
-            if slot.token < Int(self.vring?.ring.size ?? 0) { freeSlots.append(slot.token) }
+            if slot.token < Int(self.vring?.ring.size ?? 0) { slots.release(slot.token) }
             return
         }
         inFlight -= 1
-        let batched = sessions[backend]?.deliversCompletionsInBatches == true
+        let session = sessions[backend]
+        let batched = session?.deliversCompletionsInBatches == true
         let dataOutLength = meters.completed(token: token, batched: batched)
         let response: VirtioSCSIResponse
         switch completion.outcome {
@@ -330,7 +340,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         if usedLength == 0 { meters.refused() }
         vring.push(head: slot.head, length: usedLength)
         slot.backend = -1
-        freeSlots.append(slot.token)
+        slots.release(slot.token)
     }
 
     // MARK: - Sessions
@@ -341,7 +351,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         do {
             let session = try sessionFactory(unit.id, queue, Self.maxOutstanding)
             session.completionSink = self
-            sessions[unit.id] = session
+            sessionTable.pointee[unit.id] = session
             return session
         } catch {
             Log.error("LUN \(unit.address): \(error)")
@@ -362,7 +372,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         let old = lunMap
         lunMap = map
         if sessions.count < map.nextID {
-            sessions += repeatElement(nil, count: map.nextID - sessions.count)
+            sessionTable.pointee += repeatElement(nil, count: map.nextID - sessions.count)
             sessionRetryAfter += repeatElement(.now(), count: map.nextID - sessionRetryAfter.count)
             closedSessionCounters += repeatElement(SCSISessionCounters(), count: map.nextID - closedSessionCounters.count)
             loginFailures += repeatElement(0, count: map.nextID - loginFailures.count)
@@ -378,10 +388,10 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
 
     private func closeSession(of unit: LogicalUnit) {
         guard let session = sessions[unit.id] else { return }
-        let inFlightOnUnit = slots.reduce(0) { $0 + ($1.backend == unit.id ? 1 : 0) }
+        let inFlightOnUnit = slots.all.reduce(0) { $0 + ($1.backend == unit.id ? 1 : 0) }
         closedSessionCounters[unit.id] = closedSessionCounters[unit.id] + session.sessionCounters
         session.close()  // completes what is in flight (.aborted) through scsiCommandCompleted
-        sessions[unit.id] = nil
+        sessionTable.pointee[unit.id] = nil
         scsiCompletionBatchEnded()
         Log.info("LUN \(unit.address) removed: \(queue.label) closed its session"
                  + (inFlightOnUnit > 0 ? ", \(inFlightOnUnit) command(s) in flight aborted" : ""))
@@ -410,15 +420,16 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
     /// id, not address: a command of a removed unit is never taken for one of its successor.
     func outstandingToken(id: UInt64, unit: LogicalUnit) -> Int? {
         guard inFlight > 0 else { return nil }
-        for slot in slots where slot.backend == unit.id && slot.id == id {
-            if sessions[slot.backend]?.isOutstanding(token: slot.token) == true { return slot.token }
+        for slot in slots.all where slot.backend == unit.id && slot.id == id {
+            let session = sessions[slot.backend]
+            if session?.isOutstanding(token: slot.token) == true { return slot.token }
         }
         return nil
     }
 
     func hasOutstanding(on unit: LogicalUnit) -> Bool {
         guard inFlight > 0 else { return false }
-        return slots.contains { $0.backend == unit.id }
+        return slots.all.contains { $0.backend == unit.id }
     }
 
     /// Runs `function` on this queue's session for `unit`; nil reply when there is none.

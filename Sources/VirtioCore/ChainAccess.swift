@@ -2,41 +2,60 @@ import Glibc
 
 /// Reusable iovec storage for one request, handed to the SCSI target while the command is in
 /// flight (libiscsi rewrites the entries as it transfers, so it cannot be shared).
+///
+/// Its fields live behind a pointer held in a `let`, for the reason `ChainSegmentBuffer`
+/// gives: no run-time exclusivity check per append. Used by one request on one queue at a time.
 public final class IOVecBuffer {
-    @usableFromInline var storage: UnsafeMutablePointer<iovec>
-    @usableFromInline var storageCapacity: Int
-    @usableFromInline var used = 0
-
-    public init(capacity: Int = 8) {
-        storageCapacity = max(capacity, 1)
-        storage = .allocate(capacity: storageCapacity)
+    @usableFromInline struct State {
+        @usableFromInline var storage: UnsafeMutablePointer<iovec>
+        @usableFromInline var capacity: Int
+        @usableFromInline var used = 0
+        @usableFromInline init(storage: UnsafeMutablePointer<iovec>, capacity: Int) {
+            self.storage = storage
+            self.capacity = capacity
+        }
     }
 
-    deinit { storage.deallocate() }
+    @usableFromInline let state: UnsafeMutablePointer<State>
 
-    public var count: Int { used }
+    public init(capacity: Int = 8) {
+        let capacity = max(capacity, 1)
+        state = .allocate(capacity: 1)
+        state.initialize(to: State(storage: .allocate(capacity: capacity), capacity: capacity))
+    }
+
+    deinit {
+        state.pointee.storage.deallocate()
+        state.deinitialize(count: 1)
+        state.deallocate()
+    }
 
     @inlinable
-    public func reset() { used = 0 }
+    public var count: Int { state.pointee.used }
+
+    @inlinable
+    public func reset() { state.pointee.used = 0 }
 
     @inlinable
     public func append(base: UnsafeMutableRawPointer, length: Int) {
-        if used == storageCapacity { grow() }
-        storage[used] = iovec(iov_base: base, iov_len: length)
-        used += 1
+        if state.pointee.used == state.pointee.capacity { grow() }
+        state.pointee.storage[state.pointee.used] = iovec(iov_base: base, iov_len: length)
+        state.pointee.used += 1
     }
 
     @usableFromInline
     func grow() {
-        let bigger = UnsafeMutablePointer<iovec>.allocate(capacity: storageCapacity * 2)
-        bigger.moveInitialize(from: storage, count: used)
-        storage.deallocate()
-        storage = bigger
-        storageCapacity *= 2
+        let bigger = UnsafeMutablePointer<iovec>.allocate(capacity: state.pointee.capacity * 2)
+        bigger.moveInitialize(from: state.pointee.storage, count: state.pointee.used)
+        state.pointee.storage.deallocate()
+        state.pointee.storage = bigger
+        state.pointee.capacity *= 2
     }
 
     @inlinable
-    public var buffer: UnsafeMutableBufferPointer<iovec> { UnsafeMutableBufferPointer(start: storage, count: used) }
+    public var buffer: UnsafeMutableBufferPointer<iovec> {
+        UnsafeMutableBufferPointer(start: state.pointee.storage, count: state.pointee.used)
+    }
 }
 
 /// Byte-level access to a validated chain, with the request header and response header

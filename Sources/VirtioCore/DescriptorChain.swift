@@ -37,49 +37,89 @@ public enum ChainError: Error, Equatable, CustomStringConvertible {
 
 /// Reusable storage for the segments of one chain. Grows on demand, never shrinks, so a
 /// request slot that keeps one allocates only while it warms up.
+///
+/// The counts live in a struct reached through a pointer held in a `let`: Swift checks
+/// exclusive access to a class's stored `var`s at run time (swift_beginAccess, a thread-local
+/// lookup costing ~75 instructions each), and the walker touches these fields several times
+/// per descriptor. Access through the pointer is not checked. That is safe because the buffer
+/// is used by one request, on one queue, at a time (below), and no accessor here hands out an
+/// `inout` reference that could overlap another.
 public final class ChainSegmentBuffer: @unchecked Sendable {
     // @unchecked: owned by one request at a time; it crosses queues only through Dispatch,
     // which orders the accesses.
-    public private(set) var segments: UnsafeMutablePointer<ChainSegment>
-    public private(set) var capacity: Int
-    public internal(set) var count = 0
-    /// Number of leading segments that are device-readable (the rest are writable).
-    public internal(set) var readableCount = 0
-    public internal(set) var readableBytes = 0
-    public internal(set) var writableBytes = 0
-
-    public init(capacity: Int = 8) {
-        self.capacity = max(capacity, 1)
-        segments = .allocate(capacity: self.capacity)
+    @usableFromInline struct State {
+        @usableFromInline var segments: UnsafeMutablePointer<ChainSegment>
+        @usableFromInline var capacity: Int
+        @usableFromInline var count = 0
+        @usableFromInline var readableCount = 0
+        @usableFromInline var readableBytes = 0
+        @usableFromInline var writableBytes = 0
+        @usableFromInline init(segments: UnsafeMutablePointer<ChainSegment>, capacity: Int) {
+            self.segments = segments
+            self.capacity = capacity
+        }
     }
 
-    deinit { segments.deallocate() }
+    @usableFromInline let state: UnsafeMutablePointer<State>
+
+    @inlinable public var segments: UnsafeMutablePointer<ChainSegment> { state.pointee.segments }
+    @inlinable public var capacity: Int { state.pointee.capacity }
+    @inlinable public internal(set) var count: Int {
+        get { state.pointee.count }
+        set { state.pointee.count = newValue }
+    }
+    /// Number of leading segments that are device-readable (the rest are writable).
+    @inlinable public internal(set) var readableCount: Int {
+        get { state.pointee.readableCount }
+        set { state.pointee.readableCount = newValue }
+    }
+    @inlinable public internal(set) var readableBytes: Int {
+        get { state.pointee.readableBytes }
+        set { state.pointee.readableBytes = newValue }
+    }
+    @inlinable public internal(set) var writableBytes: Int {
+        get { state.pointee.writableBytes }
+        set { state.pointee.writableBytes = newValue }
+    }
+
+    public init(capacity: Int = 8) {
+        let capacity = max(capacity, 1)
+        state = .allocate(capacity: 1)
+        state.initialize(to: State(segments: .allocate(capacity: capacity), capacity: capacity))
+    }
+
+    deinit {
+        state.pointee.segments.deallocate()
+        state.deinitialize(count: 1)
+        state.deallocate()
+    }
 
     @inline(__always)
     func append(_ segment: ChainSegment) {
-        if count == capacity { grow() }
-        (segments + count).initialize(to: segment)
-        count += 1
+        if state.pointee.count == state.pointee.capacity { grow() }
+        (state.pointee.segments + state.pointee.count).initialize(to: segment)
+        state.pointee.count += 1
     }
 
     private func grow() {
-        let bigger = UnsafeMutablePointer<ChainSegment>.allocate(capacity: capacity * 2)
-        bigger.moveInitialize(from: segments, count: count)
-        segments.deallocate()
-        segments = bigger
-        capacity *= 2
+        let bigger = UnsafeMutablePointer<ChainSegment>.allocate(capacity: state.pointee.capacity * 2)
+        bigger.moveInitialize(from: state.pointee.segments, count: state.pointee.count)
+        state.pointee.segments.deallocate()
+        state.pointee.segments = bigger
+        state.pointee.capacity *= 2
     }
 
+    @inline(__always)
     func reset() {
-        count = 0
-        readableCount = 0
-        readableBytes = 0
-        writableBytes = 0
+        state.pointee.count = 0
+        state.pointee.readableCount = 0
+        state.pointee.readableBytes = 0
+        state.pointee.writableBytes = 0
     }
 
     @inlinable
     public subscript(index: Int) -> ChainSegment {
-        segments[index]
+        state.pointee.segments[index]
     }
 }
 

@@ -12,7 +12,8 @@ import VirtioSCSI
 /// whether to interrupt; the driver takes the used element back. The third variant adds what
 /// RequestQueueWorker counts for the metrics, with the same `QueueMeters`: a clock read per
 /// batch of submissions and per batch of completions (here: per round), and per request the
-/// latency histogram, kind, bytes and errors.
+/// latency histogram, kind, bytes and errors. The last variant runs the server's own request
+/// path: `VirtioSCSIDevice` and its `RequestQueueWorker`, with a session that completes in memory.
 enum MicroBench {
     static let ringSize: UInt16 = 256
     static let inFlight = 32
@@ -32,8 +33,11 @@ enum MicroBench {
                 ("indirect table (3 entries)", { try run(iterations: iterations, indirect: true, WithoutCounters.self) }),
                 ("direct chain + queue counters", { try run(iterations: iterations, indirect: false, WithCounters.self) }),
                 ("queue counters alone", { countersAlone(iterations: iterations) }),
+                ("request queue worker (device, in-memory session)", { try WorkerBench.run(iterations: iterations) }),
             ]
-            for (name, run) in variants {
+            // An optional second argument runs only that variant (1-based), e.g. under callgrind.
+            let only = CommandLine.arguments.dropFirst(2).first.flatMap { Int($0) }
+            for (number, (name, run)) in variants.enumerated() where only == nil || only == number + 1 {
                 let result = try run()
                 print("\(name): \(fixed(result.nanoseconds, 1)) ns and \(fixed(result.allocations, 3)) "
                       + "allocations per request (\(iterations) requests, \(inFlight) in flight)")
@@ -93,14 +97,9 @@ enum MicroBench {
         return Result(nanoseconds: elapsed * 1e9 / requests, allocations: Double(allocations) / requests)
     }
 
-    static func run<Mode: CountingMode>(iterations: Int, indirect: Bool, _ mode: Mode.Type) throws -> Result {
-        let counting = Mode.counting
-        let memory = try SharedGuestMemory(size: 16 << 20)
-        let driver = DriverSplitQueue(memory: memory, size: ringSize, eventIndex: true)
-        var device = driver.deviceQueue(eventIndex: true)
-        let guest = memory.guestMemory
-
-        // Preallocated chains, reused round after round.
+    /// `inFlight` READ(16) chains of 4 KiB to target 0 LUN 0, laid out as Linux does, preallocated
+    /// and reused round after round: their heads.
+    static func postReadChains(driver: DriverSplitQueue, memory: SharedGuestMemory, indirect: Bool) -> [UInt16] {
         var heads: [UInt16] = []
         for i in 0..<inFlight {
             var header = [UInt8](repeating: 0, count: VirtioSCSICommandHeader.byteCount)
@@ -115,6 +114,17 @@ enum MicroBench {
                                            .writable(data, 4096)]
             heads.append(indirect ? driver.addIndirectChain(buffers) : driver.addChain(buffers))
         }
+        return heads
+    }
+
+    static func run<Mode: CountingMode>(iterations: Int, indirect: Bool, _ mode: Mode.Type) throws -> Result {
+        let counting = Mode.counting
+        let memory = try SharedGuestMemory(size: 16 << 20)
+        let driver = DriverSplitQueue(memory: memory, size: ringSize, eventIndex: true)
+        var device = driver.deviceQueue(eventIndex: true)
+        let guest = memory.guestMemory
+
+        let heads = postReadChains(driver: driver, memory: memory, indirect: indirect)
         let chain = ChainSegmentBuffer(capacity: 8)
         let headerCopy = UnsafeMutableRawPointer.allocate(byteCount: VirtioSCSICommandHeader.byteCount, alignment: 8)
         let responseBytes = UnsafeMutableRawBufferPointer.allocate(byteCount: VirtioSCSICommandResponse.byteCount, alignment: 8)
