@@ -184,8 +184,12 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
         slot.id = header.id
         let dataOutLength = chain.readableBytes - VirtioSCSICommandHeader.byteCount
         slot.dataInLength = chain.writableBytes - VirtioSCSICommandResponse.byteCount
-        guard let address = VirtioSCSIAddress(lunField: UnsafeRawBufferPointer(rebasing: slot.header[0..<8])),
-              lunMap.hasTarget(address.target) else {
+        guard let address = VirtioSCSIAddress(lunField: UnsafeRawBufferPointer(rebasing: slot.header[0..<8])) else {
+            respond(slot, vring: vring, response: .badTarget, probingAbsentAddress: true)
+            return false
+        }
+        let found = lunMap.lookup(address)
+        if found == .noTarget {
             respond(slot, vring: vring, response: .badTarget, probingAbsentAddress: true)
             return false
         }
@@ -195,7 +199,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             respondLocally(slot, vring: vring, data: LocalResponses.reportLUNs(lunMap.luns(of: address.target)))
             return false
         }
-        guard let unit = lunMap.unit(at: address) else {
+        guard case .unit(let unit) = found else {
             respondForUnsupportedLUN(slot, vring: vring)
             return false
         }

