@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import Synchronization
 
@@ -65,10 +66,21 @@ public enum Log {
     }
 
     @inline(__always)
+    /// Metadata every event logged on a queue carries, set with `DispatchQueue.setSpecific`
+    /// (e.g. `controller=vm1` on all of a controller's queues, so the lines of a process
+    /// serving several VMs say which one they are about without each call site passing it).
+    public static let queueContext = DispatchSpecificKey<LogMetadata>()
+
     private static func emit(_ level: LogLevel, _ message: () -> String, _ metadata: () -> LogMetadata?,
                              file: String, function: String, line: UInt) {
         guard enabled(level) else { return }
-        logger.log(level: level.swiftLogLevel, Logger.Message(stringLiteral: message()), metadata: metadata(),
-                   file: file, function: function, line: line)
+        logger.log(level: level.swiftLogLevel, Logger.Message(stringLiteral: message()),
+                   metadata: withQueueContext(metadata()), file: file, function: function, line: line)
+    }
+
+    /// `own` plus the current queue's `queueContext`; an event's own keys win.
+    public static func withQueueContext(_ own: LogMetadata?) -> LogMetadata? {
+        guard let context = DispatchQueue.getSpecific(key: queueContext) else { return own }
+        return context.merging(own ?? [:]) { _, own in own }
     }
 }

@@ -42,6 +42,12 @@ public final class VhostUserServer: @unchecked Sendable {
         }
     }
 
+    /// Tags every log line written on the connection's queue (vhost-user messages, ring
+    /// starts and stops) with `metadata` (`Log.queueContext`).
+    public func setLogContext(_ metadata: LogMetadata) {
+        controlQueue.setSpecific(key: Log.queueContext, value: metadata)
+    }
+
     /// Whether a frontend is connected now (for tests and status).
     public var isConnected: Bool { controlQueue.sync { connection != nil } }
 

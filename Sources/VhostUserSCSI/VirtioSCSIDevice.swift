@@ -43,6 +43,12 @@ public final class VirtioSCSIDevice: VhostUserDevice {
 
     public var queueCount: Int { requestQueueCount + 2 }
 
+    /// Tags every log line written on this device's queues (its rings, its sessions) with
+    /// `metadata`, e.g. the controller's name (`Log.queueContext`).
+    public func setLogContext(_ metadata: LogMetadata) {
+        for queue in queues { queue.setSpecific(key: Log.queueContext, value: metadata) }
+    }
+
     public func dispatchQueue(forVring index: Int) -> DispatchQueue { queues[index] }
 
     public func start(_ vring: Vring) {

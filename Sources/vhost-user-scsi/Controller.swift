@@ -44,6 +44,9 @@ final class Controller: Sendable {
         }
         server = VhostUserServer(socketPath: configuration.socketPath, device: device,
                                  options: BackendOptions(drainTimeout: .seconds(drainTimeoutSeconds)))
+        // With several controllers in one process, every line says which one it is about.
+        device.setLogContext(["controller": "\(configuration.name)"])
+        server.setLogContext(["controller": "\(configuration.name)"])
     }
 
     func start() throws { try server.start() }
