@@ -8,13 +8,13 @@ import ServerLog
 /// CHAP, mutual CHAP and header digests against a real tgtd of each test's own. Secrets come
 /// from files, as the server reads them; every failure must be one line that names the cause
 /// and never the secret. Header digests are checked on the wire, through a recording relay.
-final class ISCSILoginSecurityTests: XCTestCase {
+final class ISCSILoginSecurityTests: XCTestCase, SessionDrivingTestCase {
     private var daemon: TargetDaemon!
     private var relay: TCPRelay?
-    private var queue: DispatchQueue!
+    var queue: DispatchQueue!
     private var sink: RecordingSink!
     private var sessions: [ISCSISession] = []
-    private var buffers: [IOBuffers] = []
+    var buffers: [IOBuffers] = []
     private var directory: URL!
 
     private static let initiatorSecret = "initiator-secret-4711"
@@ -81,26 +81,6 @@ final class ISCSILoginSecurityTests: XCTestCase {
             }
             for secret in [Self.initiatorSecret, Self.targetSecret, Self.wrongSecret] {
                 XCTAssertFalse(text.contains(secret), "a secret leaked: \(text)", file: file, line: line)
-            }
-        }
-    }
-
-    private func makeBuffers(_ bytes: Int) -> IOBuffers {
-        let b = IOBuffers(pieces: [bytes / 2, bytes - bytes / 2])
-        buffers.append(b)
-        return b
-    }
-
-    @discardableResult
-    private func submit(_ session: ISCSISession, _ cdb: [UInt8], _ buffers: IOBuffers?,
-                        _ direction: SCSIDataDirection, token: Int) -> Bool {
-        queue.sync {
-            cdb.withUnsafeBytes { cdbBytes in
-                let iov = buffers?.iovecs ?? UnsafeMutableBufferPointer(start: nil, count: 0)
-                let ok = session.submit(SCSICommand(lun: 1, cdb: cdbBytes, direction: direction, buffers: iov,
-                                                    transferLength: buffers?.count ?? 0), token: token)
-                session.flush()
-                return ok
             }
         }
     }

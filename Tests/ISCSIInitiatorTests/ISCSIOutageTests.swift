@@ -7,12 +7,12 @@ import ServerLog
 
 /// Target outages against a tgtd of each test's own: restarted, killed for longer than the
 /// outage timeout, stopped (SIGSTOP) without closing its connections. Every wait is bounded.
-final class ISCSIOutageTests: XCTestCase {
+final class ISCSIOutageTests: XCTestCase, SessionDrivingTestCase {
     private var daemon: TargetDaemon!
-    private var queue: DispatchQueue!
+    var queue: DispatchQueue!
     private var sink: RecordingSink!
     private var sessions: [ISCSISession] = []
-    private var buffers: [IOBuffers] = []
+    var buffers: [IOBuffers] = []
 
     override func setUpWithError() throws {
         queue = DispatchQueue(label: "iscsi-outage-test")
@@ -37,26 +37,6 @@ final class ISCSIOutageTests: XCTestCase {
         queue.sync { session.completionSink = sink }
         sessions.append(session)
         return session
-    }
-
-    private func makeBuffers(_ bytes: Int) -> IOBuffers {
-        let b = IOBuffers(pieces: [bytes / 2, bytes - bytes / 2])
-        buffers.append(b)
-        return b
-    }
-
-    @discardableResult
-    private func submit(_ session: ISCSISession, _ cdb: [UInt8], _ buffers: IOBuffers?,
-                        _ direction: SCSIDataDirection, token: Int) -> Bool {
-        queue.sync {
-            cdb.withUnsafeBytes { cdbBytes in
-                let iov = buffers?.iovecs ?? UnsafeMutableBufferPointer(start: nil, count: 0)
-                let ok = session.submit(SCSICommand(lun: 1, cdb: cdbBytes, direction: direction, buffers: iov,
-                                                    transferLength: buffers?.count ?? 0), token: token)
-                session.flush()
-                return ok
-            }
-        }
     }
 
     private func taskManagement(_ session: ISCSISession, _ function: SCSITaskManagementFunction) -> ReplyBox {

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import ISCSIInitiator
 import SCSICore
 import XCTest
 
@@ -142,4 +143,35 @@ enum TestCDB {
 
     static func read16(lba: UInt64, blocks: UInt32) -> [UInt8] { rw16(SCSIOpcode.read16, lba: lba, blocks: blocks) }
     static func write16(lba: UInt64, blocks: UInt32) -> [UInt8] { rw16(SCSIOpcode.write16, lba: lba, blocks: blocks) }
+}
+
+/// What the iSCSI test cases that drive a session by hand share: the session's queue and the
+/// buffers kept alive until the test ends.
+protocol SessionDrivingTestCase: AnyObject {
+    var queue: DispatchQueue! { get }
+    var buffers: [IOBuffers] { get set }
+}
+
+extension SessionDrivingTestCase {
+    /// Two-piece buffers of `bytes` bytes, kept until the test ends.
+    func makeBuffers(_ bytes: Int) -> IOBuffers {
+        let b = IOBuffers(pieces: [bytes / 2, bytes - bytes / 2])
+        buffers.append(b)
+        return b
+    }
+
+    /// Submits `cdb` to LUN 1 on the session's queue and flushes; false when refused.
+    @discardableResult
+    func submit(_ session: ISCSISession, _ cdb: [UInt8], _ buffers: IOBuffers?,
+                _ direction: SCSIDataDirection, token: Int) -> Bool {
+        queue.sync {
+            cdb.withUnsafeBytes { cdbBytes in
+                let iov = buffers?.iovecs ?? UnsafeMutableBufferPointer(start: nil, count: 0)
+                let ok = session.submit(SCSICommand(lun: 1, cdb: cdbBytes, direction: direction, buffers: iov,
+                                                    transferLength: buffers?.count ?? 0), token: token)
+                session.flush()
+                return ok
+            }
+        }
+    }
 }
