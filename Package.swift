@@ -35,17 +35,21 @@ let package = Package(
         .target(name: "VirtioSCSI", dependencies: ["SCSICore"]),
 
         // I/O layers.
-        .target(name: "VhostUserBackend", dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog"]),
-        .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog"]),
+        // One epoll thread per serial queue running fd handlers on the queue (FDPoller).
+        .target(name: "CEventPoller"),
+        .target(name: "EventPoller", dependencies: ["CEventPoller"]),
+        .target(name: "VhostUserBackend", dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog", "EventPoller"]),
+        .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog", "EventPoller"]),
         .target(name: "VhostUserSCSI",
-                dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog", "ServerMetrics"]),
+                dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog", "ServerMetrics",
+                               "EventPoller"]),
         // The HTTP listener serving GET /metrics in the Prometheus text format.
         .target(name: "MetricsExporter", dependencies: ["ServerMetrics", "ServerLog"]),
         // The JSON of the configuration file and the control socket, shared with the client.
         .target(name: "ControlProtocol"),
         .executableTarget(name: "vhost-user-scsi",
                           dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog", "ServerMetrics",
-                                         "MetricsExporter", "ControlProtocol", "ServiceNotify"]),
+                                         "MetricsExporter", "ControlProtocol", "ServiceNotify", "EventPoller"]),
         // The control socket's client (Docs/CONTROL.md).
         .executableTarget(name: "vhost-user-scsi-ctl", dependencies: ["ControlProtocol"]),
 
@@ -77,11 +81,12 @@ let package = Package(
 
         .testTarget(name: "VirtioCoreTests", dependencies: ["VirtioCore", "VirtioTestSupport"]),
         .testTarget(name: "VhostUserProtocolTests", dependencies: ["VhostUserProtocol"]),
+        .testTarget(name: "EventPollerTests", dependencies: ["EventPoller"]),
         .testTarget(name: "VirtioSCSITests", dependencies: ["VirtioSCSI", "SCSICore"]),
         .testTarget(name: "VhostUserSCSITests",
                     dependencies: ["VhostUserSCSI", "VhostUserBackend", "VirtioTestSupport", "SCSICore", "VirtioSCSI",
                                    "ServerMetrics", "MetricsExporter"]),
-        .testTarget(name: "ISCSIInitiatorTests", dependencies: ["ISCSIInitiator", "SCSICore"]),
+        .testTarget(name: "ISCSIInitiatorTests", dependencies: ["ISCSIInitiator", "SCSICore", "EventPoller"]),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
         .testTarget(name: "ServerTests", dependencies: ["vhost-user-scsi", "ControlProtocol", "ISCSIInitiator", "MetricsExporter", "ServerLog"]),
         .testTarget(name: "ServerLogTests", dependencies: ["ServerLog", .product(name: "Logging", package: "swift-log")]),

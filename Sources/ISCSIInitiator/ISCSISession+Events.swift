@@ -1,11 +1,13 @@
 import Dispatch
+import EventPoller
 import Glibc
 internal import CLibISCSI
 import ServerLog
 
-/// The Dispatch sources watching one socket of libiscsi's.
+/// What watches one socket of libiscsi's: the session's `FDPoller` when it has one (handlers
+/// run inline on the poller's thread), else a pair of Dispatch sources.
 ///
-/// They watch a duplicate of libiscsi's fd that only the sources' cancel handler closes.
+/// The Dispatch sources watch a duplicate of libiscsi's fd that only the sources' cancel handler closes.
 /// libiscsi closes its own fd whenever it likes (reconnect, destroy), and libdispatch
 /// unregisters a cancelled source later, by fd number: had the number been reused meanwhile
 /// (by another session, an accepted vhost-user connection, a kick eventfd), that source
@@ -14,14 +16,19 @@ import ServerLog
 struct EventSources {
     /// libiscsi's fd, to notice when it changes.
     let fd: Int32
-    /// The duplicate the sources watch.
-    let watchedFD: Int32
     /// The socket's inode: a reconnect can reuse the fd number for a new socket.
     let inode: UInt64
-    let read: DispatchSourceRead
-    let write: DispatchSourceWrite
-    /// Whether `write` is resumed. A suspended source must be resumed before it is released.
+    let watch: Watch
+    /// Whether writability is watched (for sources: whether `write` is resumed; a suspended
+    /// source must be resumed before it is released).
     var writeArmed = false
+
+    enum Watch {
+        /// `watchedFD` is the duplicate the sources watch.
+        case sources(watchedFD: Int32, read: DispatchSourceRead, write: DispatchSourceWrite)
+        /// The poller watches its own duplicate and closes it on `unregister`.
+        case poller(FDPoller, FDPoller.Registration)
+    }
 }
 
 extension ISCSISession {
@@ -57,6 +64,10 @@ extension ISCSISession {
         // Inside `service`, its epilogue writes; otherwise one async flush per turn.
         guard !flushScheduled, libiscsiDepth == 0 else { return }
         flushScheduled = true
+        // Handling a poller event: flush when its batch ends, without waking a worker thread.
+        if case .poller(let poller, let registration)? = events?.watch, poller.requestAfterDelivery(registration) {
+            return
+        }
         queue.async { @Sendable [weak self] in
             guard let self, self.flushScheduled else { return }
             self.flush()
@@ -115,6 +126,8 @@ extension ISCSISession {
         if socketInode(current.fd) != current.inode {
             Log.info("iscsi: session to \(url) now on a new connection (fd \(current.fd) reused)")
             removeSources()
+            // A poller lets go at once; Dispatch sources call `followSocket` when cancelled.
+            if poller != nil { followSocket() }
             return
         }
         // Backstop for a deaf read source: libiscsi closes sockets behind libdispatch's back,
@@ -156,13 +169,32 @@ extension ISCSISession {
         guard var current = events else { return }
         let wantWrite = iscsi_which_events(ctx) & Int32(POLLOUT) != 0
         if wantWrite != current.writeArmed {
-            if wantWrite { current.write.resume() } else { current.write.suspend() }
+            switch current.watch {
+            case .sources(_, _, let write):
+                if wantWrite { write.resume() } else { write.suspend() }
+            case .poller(let poller, let registration):
+                poller.modify(registration, events: wantWrite ? [.readable, .writable] : .readable)
+            }
             current.writeArmed = wantWrite
             events = current
         }
     }
 
     func installSources(fd: Int32) {
+        if let poller {
+            do {
+                let registration = try poller.register(fd: fd, events: .readable, handler: { [weak self] _, events in
+                    self?.socketEvent(events)
+                }, afterDelivery: { [weak self] in
+                    guard let self, self.flushScheduled else { return }
+                    self.flush()
+                })
+                events = EventSources(fd: fd, inode: socketInode(fd), watch: .poller(poller, registration))
+            } catch {
+                Log.error("iscsi: cannot watch the socket of \(url): \(error)")
+            }
+            return
+        }
         let watched = fcntl(fd, F_DUPFD_CLOEXEC, 0)
         guard watched >= 0 else {
             Log.error("iscsi: cannot watch the socket of \(url): \(String(cString: strerror(errno)))")
@@ -178,24 +210,44 @@ extension ISCSISession {
         write.setEventHandler { @Sendable [weak self] in self?.service(Int32(POLLOUT)) }
         read.resume()
         // `write` stays inactive (suspended) until libiscsi wants POLLOUT.
-        events = EventSources(fd: fd, watchedFD: watched, inode: socketInode(fd), read: read, write: write)
+        events = EventSources(fd: fd, inode: socketInode(fd), watch: .sources(watchedFD: watched, read: read, write: write))
+    }
+
+    /// The poller saw the socket ready: as the read source would (input, end of file or an
+    /// error are all "readable"), else as the write source.
+    func socketEvent(_ ready: FDPoller.Events) {
+        if !ready.isDisjoint(with: [.readable, .error, .hangUp]) {
+            readEventsSinceTick &+= 1
+            service(Int32(POLLIN))
+        } else if ready.contains(.writable) {
+            service(Int32(POLLOUT))
+        }
     }
 
     func removeSources(followingSocket: Bool = true) {
         guard let current = events else { return }
         events = nil
+        let read: DispatchSourceRead, write: DispatchSourceWrite, watchedFD: Int32
+        switch current.watch {
+        case .poller(let poller, let registration):
+            // Synchronous: no event of this registration is delivered after this.
+            poller.unregister(registration)
+            return
+        case .sources(let fd, let r, let w):
+            (watchedFD, read, write) = (fd, r, w)
+        }
         if followingSocket { sourcesBeingCancelled += 2 }
         // Both handlers run on `queue`; the second one closes the duplicate fd.
-        let pending = CancelCount(fd: current.watchedFD)
+        let pending = CancelCount(fd: watchedFD)
         let cancelled: @Sendable () -> Void = { [weak self] in
             pending.sourceCancelled()
             if followingSocket { self?.sourceCancelled() }
         }
-        current.read.setCancelHandler(handler: cancelled)
-        current.write.setCancelHandler(handler: cancelled)
-        current.read.cancel()
-        current.write.cancel()
-        if !current.writeArmed { current.write.resume() }
+        read.setCancelHandler(handler: cancelled)
+        write.setCancelHandler(handler: cancelled)
+        read.cancel()
+        write.cancel()
+        if !current.writeArmed { write.resume() }
     }
 
     /// Runs when libdispatch has let go of an old source's fd; the last one installs the

@@ -1,4 +1,5 @@
 import Dispatch
+import EventPoller
 import Glibc
 internal import CLibISCSI
 import SCSICore
@@ -16,7 +17,7 @@ import ServerLog
 /// so submitting and completing a command allocates nothing on the Swift side. Submitting a
 /// token that is still outstanding, or one out of range, is a programmer error (precondition).
 ///
-/// Events: a read source on libiscsi's socket, a write source armed only while libiscsi has
+/// Events: a read source (or the `FDPoller` given at init) on libiscsi's socket, a write source armed only while libiscsi has
 /// queued output it could not write at once, and a 1 s timer that lets libiscsi run its
 /// timeouts and drives keep-alive, outage and reconnect (`ISCSIRecoveryPolicy`). libiscsi's
 /// own automatic reconnect is off: the session reconnects itself (ISCSISession+Recovery.swift)
@@ -33,6 +34,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     /// `loginSettings` with the URL's credentials folded in.
     let login: ResolvedLogin
     public let queue: DispatchQueue
+    /// Watches the socket instead of Dispatch sources when given (its queue is `queue`).
+    let poller: FDPoller?
     public let maxOutstanding: Int
     public let isid: ISCSIISID
     /// Not retained: the owner of the session is usually its sink.
@@ -122,10 +125,15 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     /// header digest), which every reconnect uses too. The settings are checked against the
     /// URL's own credentials first (`ISCSILoginSettings.validate(for:)`); a conflict throws
     /// `.configuration` before anything is sent.
+    ///
+    /// `poller`, if given, must serve `queue`: the socket is then watched by its thread
+    /// (no libdispatch wake-ups per event) instead of by Dispatch sources.
     public init(url: ISCSIURL, login settings: ISCSILoginSettings, queue: DispatchQueue,
                 maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
-                loginTimeout: Int = 15, recovery: ISCSIRecoveryPolicy = .default) throws(ISCSIError) {
+                loginTimeout: Int = 15, recovery: ISCSIRecoveryPolicy = .default,
+                poller: FDPoller? = nil) throws(ISCSIError) {
         precondition((1...65536).contains(maxOutstanding), "maxOutstanding must be 1...65536")
+        precondition(poller == nil || poller!.queue === queue, "the poller must serve the session's queue")
         precondition(Self.iovecLayoutMatches, "struct scsi_iovec does not match struct iovec")
         let isid = isid ?? ISCSIISID.next()
         let login = try settings.resolved(for: url)
@@ -135,6 +143,7 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         self.loginSettings = settings
         self.login = login
         self.queue = queue
+        self.poller = poller
         self.maxOutstanding = maxOutstanding
         self.isid = isid
         self.context = context
@@ -149,7 +158,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         }
         queue.setSpecific(key: onQueueKey, value: 1)
         Log.info("iscsi: logged in to \(url) \(login.summary) isid \(isid)")
-        startEvents()
+        // A poller's registrations are made on its queue (Dispatch sources can be made anywhere).
+        if poller != nil { onQueue { startEvents() } } else { startEvents() }
     }
 
     deinit {

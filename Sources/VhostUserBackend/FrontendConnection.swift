@@ -530,36 +530,33 @@ final class FrontendConnection: @unchecked Sendable {
         let kickFD = slot.kickFD
         _ = fcntl(kickFD, F_SETFL, fcntl(kickFD, F_GETFL) | O_NONBLOCK)
         let device = self.device
-        let source: DispatchSourceRead
-        do {
-            source = try makeReadSource(watching: kickFD, queue: queue) { @Sendable watched in
-                // The duplicate shares the eventfd's counter: reading through it resets it.
-                var counter: UInt64 = 0
-                _ = read(watched, &counter, 8)
-                device.kick(vring)
-            }
-        } catch {
-            throw MessageError(description: "ring \(slot.index): cannot watch the kick fd: \(error)")
-        }
         slot.running = vring
-        slot.kickSource = source
         Log.info("ring \(slot.index) started: size \(slot.size), base \(slot.base)")
-        queue.sync {
+        let watch: Result<KickWatch, any Error> = queue.sync {
             device.start(vring)
             // Requests made available before the kick fd existed would otherwise wait.
             device.kick(vring)
+            // Watched from the ring's queue, so a poller's first kick waits until this block ends.
+            return Result { try KickWatch.start(kickFD: kickFD, queue: queue) { device.kick(vring) } }
         }
-        source.resume()
+        switch watch {
+        case .success(let watch):
+            slot.kickWatch = watch
+        case .failure(let error):
+            stopRing(slot, closeKick: false)
+            throw MessageError(description: "ring \(slot.index): cannot watch the kick fd: \(error)")
+        }
     }
 
     /// Stops `slot`'s ring if it runs: no new requests are taken, in-flight ones finish, and
     /// the avail position is kept in `slot.base` (the value GET_VRING_BASE reports).
     private func stopRing(_ slot: VringSlot, closeKick: Bool) {
-        if let vring = slot.running, let source = slot.kickSource {
+        if let vring = slot.running {
             let drained = DispatchSemaphore(value: 0)
             let device = self.device
+            let watch = slot.kickWatch
             vring.queue.sync {
-                source.cancel()
+                watch?.cancel()
                 device.stop(vring) { drained.signal() }
             }
             if drained.wait(timeout: .now() + options.drainTimeout) == .timedOut {
@@ -570,7 +567,7 @@ final class FrontendConnection: @unchecked Sendable {
             slot.base = vring.queue.sync { vring.ring.nextAvail }
             slot.notifier.dropPending()
             slot.running = nil
-            slot.kickSource = nil
+            slot.kickWatch = nil
             Log.info("ring \(slot.index) stopped at avail index \(slot.base)")
         }
         if closeKick {

@@ -16,7 +16,7 @@ final class VringSlot {
     let notifier = CallNotifier()
     /// Set while the ring runs: the device holds the same object.
     var running: Vring?
-    var kickSource: DispatchSourceRead?
+    var kickWatch: KickWatch?
 
     init(index: Int) { self.index = index }
 

@@ -1,4 +1,5 @@
 import Dispatch
+import EventPoller
 import ISCSIInitiator
 import VirtioSCSI
 
@@ -43,7 +44,10 @@ struct LoginSettings: Sendable {
     var iscsi: ISCSILoginSettings
     var recovery: ISCSIRecoveryPolicy
 
+    /// On a request queue the session's socket is watched by that queue's poller thread
+    /// (VirtioSCSIDevice attaches one); elsewhere (probes) by Dispatch sources.
     func makeSession(url: ISCSIURL, queue: DispatchQueue, maxOutstanding: Int) throws -> ISCSISession {
-        try ISCSISession(url: url, login: iscsi, queue: queue, maxOutstanding: maxOutstanding, recovery: recovery)
+        try ISCSISession(url: url, login: iscsi, queue: queue, maxOutstanding: maxOutstanding, recovery: recovery,
+                         poller: FDPoller.attached(to: queue))
     }
 }
