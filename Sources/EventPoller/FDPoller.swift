@@ -49,6 +49,7 @@ public final class FDPoller: @unchecked Sendable {
     public init(queue: DispatchQueue, name: String) {
         self.queue = queue
         self.name = name
+        queue.setSpecific(key: Self.onQueueKey, value: WeakPoller(self))
     }
 
     deinit {
@@ -58,6 +59,8 @@ public final class FDPoller: @unchecked Sendable {
     // MARK: - Attaching to a queue
 
     private static let attachedKey = DispatchSpecificKey<WeakPoller>()
+    /// Set on `queue` (weakly) from init, so `unregister` can tell whether it runs there.
+    private static let onQueueKey = DispatchSpecificKey<WeakPoller>()
     private final class WeakPoller: @unchecked Sendable {
         weak var poller: FDPoller?
         init(_ poller: FDPoller) { self.poller = poller }
@@ -107,7 +110,12 @@ public final class FDPoller: @unchecked Sendable {
     /// Stops watching and closes the duplicate fd. Events already taken from epoll for it
     /// are dropped. Stale registrations are ignored.
     public func unregister(_ registration: Registration) {
-        dispatchPrecondition(condition: .onQueue(queue))
+        // Normally called on `queue`; a caller elsewhere (an owner released on another thread)
+        // is moved onto it rather than trapping: a server must not crash on a teardown path.
+        guard DispatchQueue.getSpecific(key: Self.onQueueKey)?.poller === self else {
+            queue.sync { unregister(registration) }
+            return
+        }
         guard let loop, let fd = loop.table.remove(registration) else { return }
         _ = CEventPoller_ctl(loop.epollFD, Int32(CEventPoller_DEL), fd, 0, 0)
         close(fd)

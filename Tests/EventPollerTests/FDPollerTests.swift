@@ -169,6 +169,27 @@ private func waitUntil(_ condition: () -> Bool, timeout: Double = 5) -> Bool {
         }
         #expect(waitUntil { openFDCount() == before })
     }
+
+    /// An owner released on another thread unregisters through the queue instead of trapping.
+    @Test func unregisterOffTheQueueIsMovedOntoIt() throws {
+        let queue = DispatchQueue(label: "poller-test-off-queue")
+        let poller = FDPoller(queue: queue, name: "test")
+        let pipe = Pipe()
+        let hits = Mutex(0)
+        let registration = try queue.sync {
+            try poller.register(fd: pipe.read, events: .readable) { fd, _ in
+                var byte: UInt8 = 0
+                _ = read(fd, &byte, 1)
+                hits.withLock { $0 += 1 }
+            }
+        }
+        pipe.send()
+        #expect(waitUntil { hits.withLock { $0 } == 1 })
+        poller.unregister(registration)   // not on `queue`
+        pipe.send()
+        usleep(50_000)
+        #expect(hits.withLock { $0 } == 1, "no delivery after unregister")
+    }
 }
 
 private func openFDCount() -> Int {
