@@ -32,9 +32,10 @@ swift build --scratch-path "$SCRATCH" --target FuzzTargets \
     | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write)' >&2
 [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "build failed" >&2; exit 1; }
 BIN=$(swift build --scratch-path "$SCRATCH" --show-bin-path)
-# Logging is swift-log (ServerLog's backend).
+# Logging is swift-log (ServerLog's backend); EventPoller/CEventPoller carry the request
+# queues' epoll threads.
 MODULES=(FuzzTargets VhostUserSCSI VhostUserBackend VirtioSCSI VirtioCore VhostUserProtocol SCSICore ServerLog ServerMetrics
-         Logging CVhostShims)
+         Logging EventPoller CEventPoller CVhostShims)
 OBJECTS=()
 for m in "${MODULES[@]}"; do
     for o in "$BIN/$m.build/"*.o; do OBJECTS+=("$o"); done
@@ -42,7 +43,8 @@ for m in "${MODULES[@]}"; do
 done
 
 LINK_FLAGS=(-I "$BIN/Modules" -Xcc -fmodule-map-file="$BIN/CVhostShims.build/module.modulemap"
-            -Xcc -I -Xcc Sources/CVhostShims/include)
+            -Xcc -I -Xcc Sources/CVhostShims/include
+            -Xcc -fmodule-map-file="$BIN/CEventPoller.build/module.modulemap" -Xcc -I -Xcc Sources/CEventPoller/include)
 echo "== writing the seeds (Fuzz/WriteSeeds.swift)" >&2
 swiftc -sanitize=address "${LINK_FLAGS[@]}" Fuzz/WriteSeeds.swift "${OBJECTS[@]}" -o "$SCRATCH/fuzz-write-seeds" 2>&1 \
     | grep -v 'Cannot export local symbol' >&2
