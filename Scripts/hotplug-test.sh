@@ -88,6 +88,8 @@ ctl add-lun vm1 0:1 "iscsi://127.0.0.1:$port/$iqn/9" >"$work/ctl.out" 2>&1; rc=$
 check ctl_add_missing_lun_refused "$([ $rc = 1 ]; echo $?)" "exit $rc: $(cat "$work/ctl.out")"
 ctl add-lun vm1 0:0 "$(url 3)" >"$work/ctl.out" 2>&1; rc=$?
 check ctl_add_taken_address_refused "$([ $rc = 1 ]; echo $?)" "exit $rc: $(cat "$work/ctl.out")"
+ctl --json resize-lun vm1 0:0 >"$work/ctl.out" 2>&1; rc=$?
+check ctl_resize_unchanged "$([ $rc = 0 ] && grep -q '"guest":"unchanged"' "$work/ctl.out"; echo $?)" "$(cat "$work/ctl.out")"
 
 "$here/run-guest.sh" --vhost-user "$work/vm1.sock" --vhost-user "$work/vm2.sock" --num-queues 1 \
     --workload hotplug --append vus.expect_luns=2 --quiet --timeout 600 --log "$work/guest.log" >"$work/guest.out" 2>&1 &

@@ -32,22 +32,22 @@ struct ControlCommands: Sendable {
                 let (unit, guest) = try controller.addLUN(address: address, url: url, login: login)
                 response = ["lun": describe(unit), "guest": .string(guest.protocolName),
                             "message": .string("\(controller.name): added \(address) = \(url), "
-                                               + "\(unit.probe.bytes / 1_048_576) MiB; guest \(guest)")]
+                                               + "\(unit.probe.bytes / 1_048_576) MiB; guest \(guest.protocolName)")]
             case "remove-lun":
                 let controller = try controller(named: request["controller"])
                 let address = try address(request)
                 let (_, guest) = try controller.removeLUN(address: address)
                 response = ["guest": .string(guest.protocolName),
-                            "message": .string("\(controller.name): removed \(address); guest \(guest)")]
+                            "message": .string("\(controller.name): removed \(address); guest \(guest.protocolName)")]
             case "resize-lun":
                 let controller = try controller(named: request["controller"])
                 let address = try address(request)
-                let (before, after, guest) = try controller.refreshCapacity(address: address, login: login)
+                let (before, after, changed, guest) = try controller.refreshCapacity(address: address, login: login)
                 response = ["bytes_before": .number(Double(before.bytes)), "bytes": .number(Double(after.bytes)),
-                            "guest": .string(guest?.protocolName ?? "unchanged"),
-                            "message": .string(guest.map { "\(controller.name): \(address) is now \(after.bytes) bytes "
-                                                          + "(was \(before.bytes)); guest \($0)" }
-                                               ?? "\(controller.name): \(address) is still \(after.bytes) bytes; nothing to tell the guest")]
+                            "guest": .string(changed ? guest.protocolName : "unchanged"),
+                            "message": .string(changed
+                                ? "\(controller.name): \(address) is now \(after.bytes) bytes (was \(before.bytes)); guest \(guest.protocolName)"
+                                : "\(controller.name): \(address) is still \(after.bytes) bytes; nothing to tell the guest")]
             default:
                 throw ControlError("unknown command '\(command)' (commands: \(Self.commands.joined(separator: ", ")))")
             }
@@ -117,13 +117,15 @@ struct ControlCommands: Sendable {
     }
 }
 
-extension GuestNotification {
-    /// The spelling in control responses (Docs/CONTROL.md).
+extension Optional where Wrapped == GuestNotification {
+    /// The spelling in control responses (Docs/CONTROL.md); nil is a change whose event had
+    /// not gone out when the wait ended.
     var protocolName: String {
         switch self {
-        case .delivered: return "delivered"
-        case .missed: return "missed"
-        case .notNegotiated: return "not-negotiated"
+        case .delivered?: return "delivered"
+        case .missed?: return "missed"
+        case .notNegotiated?: return "not-negotiated"
+        case nil: return "pending"
         }
     }
 }

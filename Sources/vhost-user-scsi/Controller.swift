@@ -58,8 +58,9 @@ final class Controller: Sendable {
     }
 
     /// Probes `url` and, when it is a disk, adds it at `address`; the guest is told through the
-    /// event queue. Returns the unit and what became of the event.
-    func addLUN(address: VirtioSCSIAddress, url: ISCSIURL, login: LoginSettings) throws -> (Unit, GuestNotification) {
+    /// event queue. Returns the unit and what became of the event (nil: not known yet, see
+    /// `NotificationWait`).
+    func addLUN(address: VirtioSCSIAddress, url: ISCSIURL, login: LoginSettings) throws -> (Unit, GuestNotification?) {
         let probe = try LUNProbe.run(url, login: login)
         let unit = Unit(address: address, url: url, probe: probe)
         let notified = NotificationWait()
@@ -71,7 +72,7 @@ final class Controller: Sendable {
 
     /// Takes the unit at `address` away: its commands in flight are aborted, its sessions log
     /// out and the guest is told.
-    func removeLUN(address: VirtioSCSIAddress) throws -> (Unit?, GuestNotification) {
+    func removeLUN(address: VirtioSCSIAddress) throws -> (Unit?, GuestNotification?) {
         let notified = NotificationWait()
         let removed = try device.removeLUN(address: address, completion: notified.complete)
         let unit = units.unit(of: removed.id)
@@ -81,20 +82,21 @@ final class Controller: Sendable {
     }
 
     /// Reads the unit's capacity again; when it changed, the guest is told to re-read it.
-    /// Returns the capacity before and after, and the event's fate (nil: nothing changed).
-    func refreshCapacity(address: VirtioSCSIAddress, login: LoginSettings) throws -> (before: LUNProbe, after: LUNProbe, GuestNotification?) {
+    /// Returns the capacity before and after, whether it changed, and the event's fate.
+    func refreshCapacity(address: VirtioSCSIAddress,
+                         login: LoginSettings) throws -> (before: LUNProbe, after: LUNProbe, changed: Bool, guest: GuestNotification?) {
         guard let id = device.logicalUnits.first(where: { $0.address == address })?.id, var unit = units.unit(of: id) else {
             throw ControllerError(description: "no LUN at guest address \(address)")
         }
         let before = unit.probe
         let after = try LUNProbe.run(unit.url, login: login)
-        guard after.blocks != before.blocks || after.blockSize != before.blockSize else { return (before, after, nil) }
+        guard after.blocks != before.blocks || after.blockSize != before.blockSize else { return (before, after, false, nil) }
         unit.probe = after
         units.set(unit, for: id)
         let notified = NotificationWait()
         try device.reportCapacityChanged(address: address, completion: notified.complete)
         Log.info("\(name): guest \(address) capacity \(before.bytes) -> \(after.bytes) bytes")
-        return (before, after, notified.wait())
+        return (before, after, true, notified.wait())
     }
 
     /// The logical units, in guest address order.
@@ -136,8 +138,10 @@ final class NotificationWait: Sendable {
         }
     }
 
-    func wait(seconds: Int = 60) -> GuestNotification {
+    /// What became of the event, or nil when the queues did not all confirm within `seconds`
+    /// (one busy logging in to a silent target): the change is made and the event follows.
+    func wait(seconds: Int = 60) -> GuestNotification? {
         _ = done.wait(timeout: .now() + .seconds(seconds))
-        return result.withLock { $0 } ?? .missed
+        return result.withLock { $0 }
     }
 }
