@@ -144,7 +144,12 @@ final class ControlQueueWorker: @unchecked Sendable {
 
     /// Carries out one TMF and calls `done` on `queue` with the virtio response code.
     private func taskManagement(_ tmf: VirtioSCSITMFRequest, done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
-        guard let address = tmf.address, lunMap.hasTarget(address.target) else {
+        guard let address = tmf.address else {
+            done(.badTarget)
+            return
+        }
+        let found = lunMap.lookup(address)
+        guard found != .noTarget else {
             done(.badTarget)
             return
         }
@@ -152,7 +157,7 @@ final class ControlQueueWorker: @unchecked Sendable {
             done(.functionRejected)
             return
         }
-        guard let unit = lunMap.unit(at: address) else {
+        guard case .unit(let unit) = found else {
             done(.incorrectLUN)
             return
         }

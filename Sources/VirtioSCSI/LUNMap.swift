@@ -42,14 +42,13 @@ public struct LUNMap: Sendable {
     public static let maxLUN: UInt16 = 0x3FFF
 
     private var byAddress: [VirtioSCSIAddress: LogicalUnit] = [:]
-    /// Number of units on each target that has any (a target with none answers BAD_TARGET).
-    private var unitsPerTarget: [UInt8: Int] = [:]
     /// The id the next unit added gets; also one more than the largest id ever given.
     public private(set) var nextID = 0
     /// Bumped by every change, so a queue that gets two maps out of order keeps the newer.
     public private(set) var version = 0
     /// The lookup index of the request path, rebuilt on every change (changes are rare, lookups
-    /// are per request): per target, its units ordered by LUN, found without hashing.
+    /// are per request): per target, its units ordered by LUN, found without hashing. Also the
+    /// source of the per-target and ordered views below.
     @usableFromInline private(set) var index = LookupIndex()
 
     /// `units[i]` becomes the unit with id `i`.
@@ -59,15 +58,14 @@ public struct LUNMap: Sendable {
     }
 
     /// Every unit, ordered by target and LUN.
-    public var units: [LogicalUnit] {
-        byAddress.values.sorted { ($0.address.target, $0.address.lun) < ($1.address.target, $1.address.lun) }
-    }
+    public var units: [LogicalUnit] { index.unitsOfTarget.flatMap { $0 } }
 
     public var count: Int { byAddress.count }
 
     public func unit(at address: VirtioSCSIAddress) -> LogicalUnit? { byAddress[address] }
 
-    public func hasTarget(_ target: UInt8) -> Bool { unitsPerTarget[target] != nil }
+    /// Whether any unit is on `target` (a target with none answers BAD_TARGET).
+    public func hasTarget(_ target: UInt8) -> Bool { !index.unitsOfTarget[Int(target)].isEmpty }
 
     /// What the guest finds at `address`, in one step: the request path's lookup.
     public enum Lookup: Equatable {
@@ -82,9 +80,7 @@ public struct LUNMap: Sendable {
     public func lookup(_ address: VirtioSCSIAddress) -> Lookup { index.lookup(address) }
 
     /// The LUNs configured on `target`, ascending.
-    public func luns(of target: UInt8) -> [UInt16] {
-        byAddress.keys.filter { $0.target == target }.map(\.lun).sorted()
-    }
+    public func luns(of target: UInt8) -> [UInt16] { index.unitsOfTarget[Int(target)].map(\.address.lun) }
 
     /// Adds a unit at `address` with the next id.
     @discardableResult
@@ -117,8 +113,6 @@ public struct LUNMap: Sendable {
     @discardableResult
     public mutating func remove(address: VirtioSCSIAddress) throws(LUNMapError) -> LogicalUnit {
         guard let unit = byAddress.removeValue(forKey: address) else { throw .noSuchLUN(address) }
-        let left = unitsPerTarget[address.target, default: 1] - 1
-        unitsPerTarget[address.target] = left > 0 ? left : nil
         version += 1
         index = LookupIndex(byAddress.values)
         return unit
@@ -126,9 +120,7 @@ public struct LUNMap: Sendable {
 
     private mutating func insert(_ unit: LogicalUnit) {
         // Only the startup list can name an address twice: the later entry wins.
-        if byAddress.updateValue(unit, forKey: unit.address) == nil {
-            unitsPerTarget[unit.address.target, default: 0] += 1
-        }
+        byAddress[unit.address] = unit
         nextID = max(nextID, unit.id + 1)
         version += 1
         index = LookupIndex(byAddress.values)
