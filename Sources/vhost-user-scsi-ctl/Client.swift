@@ -103,12 +103,8 @@ enum Client {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard connected == 0 else { throw JSONError("cannot connect to \(path): \(String(cString: strerror(errno)))") }
-        let line = Array((request.serialized() + "\n").utf8)
-        var offset = 0
-        while offset < line.count {
-            let n = line.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw JSONError("cannot send to \(path): \(String(cString: strerror(errno)))") }
-            offset += n
+        guard request.writeLine(to: fd) else {
+            throw JSONError("cannot send to \(path): \(String(cString: strerror(errno)))")
         }
         var received: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)

@@ -45,7 +45,7 @@ final class ControlServer: @unchecked Sendable {
     /// A client connected (on `queue`).
     private func serve(_ fd: Int32) {
         guard clients < Self.maxClients else {
-            reply(fd, .object(["ok": .bool(false), "error": .string("too many control connections")]))
+            _ = JSONValue.object(["ok": .bool(false), "error": .string("too many control connections")]).writeLine(to: fd)
             close(fd)
             return
         }
@@ -104,10 +104,11 @@ private final class ControlClient: @unchecked Sendable {
             } catch {
                 response = .object(["ok": .bool(false), "error": .string("request is \(error)")])
             }
-            guard reply(fd, response) else { return end() }
+            guard response.writeLine(to: fd) else { return end() }
         }
         if pending.count > ControlServer.maxLineBytes {
-            _ = reply(fd, .object(["ok": .bool(false), "error": .string("request line longer than \(ControlServer.maxLineBytes) bytes")]))
+            _ = JSONValue.object(["ok": .bool(false), "error": .string("request line longer than \(ControlServer.maxLineBytes) bytes")])
+                .writeLine(to: fd)
             end()
         }
     }
@@ -116,18 +117,4 @@ private final class ControlClient: @unchecked Sendable {
         source?.cancel()
         source = nil
     }
-}
-
-/// Writes `response` and a newline, all of it (blocking); false when the peer is gone.
-@discardableResult
-private func reply(_ fd: Int32, _ response: JSONValue) -> Bool {
-    let bytes = Array((response.serialized() + "\n").utf8)
-    var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { return false }
-        offset += n
-    }
-    return true
 }
