@@ -54,6 +54,7 @@ public struct LUNMap: Sendable {
     /// `units[i]` becomes the unit with id `i`.
     public init(_ units: [(address: VirtioSCSIAddress, backendLUN: UInt16)]) {
         for unit in units { insert(LogicalUnit(id: nextID, address: unit.address, backendLUN: unit.backendLUN)) }
+        index = LookupIndex(byAddress.values)
         version = 0
     }
 
@@ -106,6 +107,7 @@ public struct LUNMap: Sendable {
         guard byAddress[address] == nil else { throw .addressInUse(address) }
         let unit = LogicalUnit(id: id, address: address, backendLUN: backendLUN)
         insert(unit)
+        index = LookupIndex(byAddress.values)
         return unit
     }
 
@@ -123,7 +125,6 @@ public struct LUNMap: Sendable {
         byAddress[unit.address] = unit
         nextID = max(nextID, unit.id + 1)
         version += 1
-        index = LookupIndex(byAddress.values)
     }
 }
 
