@@ -32,10 +32,21 @@ swift build --scratch-path "$SCRATCH" --target FuzzTargets \
     | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write)' >&2
 [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "build failed" >&2; exit 1; }
 BIN=$(swift build --scratch-path "$SCRATCH" --show-bin-path)
-# Logging is swift-log (ServerLog's backend); EventPoller/CEventPoller carry the request
-# queues' epoll threads.
-MODULES=(FuzzTargets VhostUserSCSI VhostUserBackend VirtioSCSI VirtioCore VhostUserProtocol SCSICore ServerLog ServerMetrics
-         Logging EventPoller CEventPoller CVhostShims)
+# The modules to link: FuzzTargets and everything it depends on, read from the package
+# description so a new dependency needs no change here. A product of another package (swift-log's
+# Logging) has the name of its module.
+mapfile -t MODULES < <(swift package describe --type json 2>/dev/null | python3 -c '
+import json, sys
+targets = {t["name"]: t for t in json.load(sys.stdin)["targets"]}
+todo, seen = ["FuzzTargets"], []
+while todo:
+    name = todo.pop()
+    if name in seen: continue
+    seen.append(name)
+    t = targets.get(name, {})
+    todo += t.get("target_dependencies", []) + t.get("product_dependencies", [])
+print("\n".join(seen))')
+[[ ${#MODULES[@]} -gt 1 ]] || { echo "cannot read the module list from 'swift package describe'" >&2; exit 1; }
 OBJECTS=()
 for m in "${MODULES[@]}"; do
     for o in "$BIN/$m.build/"*.o; do OBJECTS+=("$o"); done

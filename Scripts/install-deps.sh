@@ -11,6 +11,7 @@ packages=(
     qemu-system-x86 qemu-block-extra  # the VMM, and its built-in iSCSI driver for comparisons
     busybox-static fio sg3-utils e2fsprogs cpio kmod  # the test guest's userland
     pkg-config iproute2 procps
+    python3                       # Scripts/migtool.py (QMP), the module list in Fuzz/run.sh
     systemd strace libxml2-utils libvirt-clients groff-base man-db  # Scripts/examples-test.sh:
                                   # systemd-analyze, the sandbox check, xmllint, virt-xml-validate, the man page
 )

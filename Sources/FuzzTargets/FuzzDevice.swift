@@ -156,7 +156,8 @@ final class FuzzSCSISession: SCSITargetSession, @unchecked Sendable {
         let victims: [Int]
         switch function {
         case .abortTask(let token): victims = outstanding[token] != nil ? [token] : []
-        case .abortTaskSet, .clearTaskSet, .logicalUnitReset, .targetWarmReset: victims = Array(outstanding.keys)
+        case .abortTaskSet, .clearTaskSet, .logicalUnitReset, .abortTaskSetAfterLogicalUnitReset, .targetWarmReset:
+            victims = Array(outstanding.keys)
         case .clearACA, .queryTask, .queryTaskSet: victims = []
         }
         for token in victims { complete(token, aborted: true) }

@@ -56,8 +56,8 @@ extension ISCSISession {
 
     /// Carries out `function` on `lun`. `reply` runs on the session's queue, never inside this
     /// call. Commands the function ends are completed first: `.aborted` for ABORT TASK, ABORT
-    /// TASK SET and CLEAR TASK SET; `.reset` for LOGICAL UNIT RESET and TARGET WARM RESET (all
-    /// LUNs). They are cancelled locally only after the target confirmed the function, so a
+    /// TASK SET and CLEAR TASK SET; `.reset` for LOGICAL UNIT RESET, the ABORT TASK SET that
+    /// follows one on another nexus, and TARGET WARM RESET (all LUNs). They are cancelled locally only after the target confirmed the function, so a
     /// command the target already answered completes normally.
     ///
     /// QUERY TASK and QUERY TASK SET are answered locally: `.functionSucceeded` when the
@@ -94,7 +94,7 @@ extension ISCSISession {
         case .abortTask(let token):
             abortTask(token: token, lun: lun, ctx: ctx, reply: reply)
             return
-        case .abortTaskSet: code = ISCSI_TM_ABORT_TASK_SET
+        case .abortTaskSet, .abortTaskSetAfterLogicalUnitReset: code = ISCSI_TM_ABORT_TASK_SET
         case .clearTaskSet: code = ISCSI_TM_CLEAR_TASK_SET
         case .clearACA: code = ISCSI_TM_CLEAR_ACA
         case .logicalUnitReset: code = ISCSI_TM_LUN_RESET
@@ -124,6 +124,9 @@ extension ISCSISession {
             replyLater(reply, .functionComplete)
         case .abortTaskSet, .clearTaskSet:
             cancelOutstanding(outcome: .aborted) { $0.lun == lun }
+            replyLater(reply, .functionComplete)
+        case .abortTaskSetAfterLogicalUnitReset:
+            cancelOutstanding(outcome: .reset) { $0.lun == lun }
             replyLater(reply, .functionComplete)
         case .clearACA, .logicalUnitReset, .targetWarmReset:
             Log.warning("iscsi: \(function) for LUN \(lun) answered FAILED: \(url) is unreachable")
@@ -196,7 +199,7 @@ extension ISCSISession {
                 }
             case .abortTaskSet, .clearTaskSet:
                 cancelOutstanding(outcome: .aborted) { $0.lun == lun }
-            case .logicalUnitReset:
+            case .logicalUnitReset, .abortTaskSetAfterLogicalUnitReset:
                 cancelOutstanding(outcome: .reset) { $0.lun == lun }
             case .targetWarmReset:
                 cancelOutstanding(outcome: .reset) { _ in true }

@@ -94,6 +94,12 @@ public enum SCSITaskManagementFunction: Sendable, Equatable {
     case clearTaskSet
     case clearACA
     case logicalUnitReset
+    /// ABORT TASK SET on an I_T nexus other than the one that carried a LOGICAL UNIT RESET.
+    /// The reset already ended this nexus's tasks at the target, which need not report them
+    /// (SAM-5 §6.3.2, TAS=0); this collects them, and they complete `.reset`, not `.aborted`,
+    /// so an initiator retries them as it does the reset nexus's own (virtio 1.2 §5.6.6.1:
+    /// VIRTIO_SCSI_S_RESET).
+    case abortTaskSetAfterLogicalUnitReset
     /// Also used for I_T nexus reset, which iSCSI has no separate function for.
     case targetWarmReset
     case queryTask(token: Int)
@@ -122,8 +128,9 @@ public protocol SCSITargetSession: AnyObject {
     func flush()
 
     /// Carries out a task management function on `lun`. For `.abortTask`, `token` names a
-    /// command submitted on this session. Commands that the function aborts are completed
-    /// (outcome `.aborted`) before `reply` runs.
+    /// command submitted on this session. Commands that the function ends are completed before
+    /// `reply` runs: outcome `.reset` for the resets and `.abortTaskSetAfterLogicalUnitReset`,
+    /// `.aborted` for the aborts.
     func taskManagement(_ function: SCSITaskManagementFunction, lun: UInt16,
                         reply: @escaping (SCSITaskManagementResponse) -> Void)
 

@@ -192,7 +192,9 @@ final class ControlQueueWorker: @unchecked Sendable {
     /// only: two resets of one LU at once on two sessions, with commands in flight, left tgt
     /// answering only one of them and the guest's reset hanging. The other sessions then run
     /// ABORT TASK SET, which completes locally whatever the reset aborted on their nexus (a
-    /// target need not report those) and answers at once when nothing is left.
+    /// target need not report those) and answers at once when nothing is left. Those commands
+    /// complete VIRTIO_SCSI_S_RESET like the reset nexus's own: reported as ABORTED, Linux
+    /// fails them with an I/O error instead of retrying them.
     private func logicalUnitReset(unit: LogicalUnit, done: @escaping @Sendable (VirtioSCSIResponse) -> Void) {
         resetOnFirstSession(from: 0, unit: unit) { [self] index, response in
             guard let index else {
@@ -204,7 +206,7 @@ final class ControlQueueWorker: @unchecked Sendable {
                 done(Self.combine([response]))
                 return
             }
-            forEachSession({ _ in .abortTaskSet }, unit: unit, workers: others) { rest in
+            forEachSession({ _ in .abortTaskSetAfterLogicalUnitReset }, unit: unit, workers: others) { rest in
                 done(rest == .failure ? .failure : Self.combine([response]))
             }
         }

@@ -192,12 +192,13 @@ public final class RecordingSCSITarget: SCSITargetSession, @unchecked Sendable {
         switch function {
         case .abortTask(let token):
             victims = heldTokens.filter { $0 == token }
-        case .abortTaskSet, .clearTaskSet, .logicalUnitReset, .targetWarmReset:
+        case .abortTaskSet, .clearTaskSet, .logicalUnitReset, .abortTaskSetAfterLogicalUnitReset, .targetWarmReset:
             victims = heldTokens.filter { outstanding[$0]?.lun == lun }
         case .clearACA, .queryTask, .queryTaskSet:
             victims = []
         }
-        for token in victims { abort(token) }
+        let resets = [.logicalUnitReset, .abortTaskSetAfterLogicalUnitReset, .targetWarmReset].contains(function)
+        for token in victims { abort(token, outcome: resets ? .reset : .aborted) }
         let response: SCSITaskManagementResponse
         switch function {
         case .queryTask(let token): response = outstanding[token] != nil ? .functionSucceeded : .functionComplete
@@ -214,7 +215,7 @@ public final class RecordingSCSITarget: SCSITargetSession, @unchecked Sendable {
     public func close() {
         dispatchPrecondition(condition: .onQueue(queue))
         closed = true
-        for token in heldTokens { abort(token) }
+        for token in heldTokens { abort(token, outcome: .aborted) }
     }
 
     /// Completes every held command, in submission order.
@@ -224,10 +225,10 @@ public final class RecordingSCSITarget: SCSITargetSession, @unchecked Sendable {
         for token in tokens { complete(token) }
     }
 
-    private func abort(_ token: Int) {
+    private func abort(_ token: Int, outcome: SCSITransportOutcome) {
         heldTokens.removeAll { $0 == token }
         guard outstanding.removeValue(forKey: token) != nil else { return }
-        completionSink?.scsiCommandCompleted(token: token, SCSICompletion(outcome: .aborted, status: .taskAborted))
+        completionSink?.scsiCommandCompleted(token: token, SCSICompletion(outcome: outcome, status: .taskAborted))
     }
 
     private func complete(_ token: Int) {

@@ -76,6 +76,30 @@ import VirtioTestSupport
         #expect(tmfs.map(\.lun) == [0])
     }
 
+    /// A LUN reset with commands in flight on two request queues (two I_T nexuses): one queue's
+    /// session carries the reset, the other's an ABORT TASK SET that collects what the reset
+    /// ended there. Every command the reset ended answers VIRTIO_SCSI_S_RESET (§5.6.6.1), which
+    /// Linux retries; VIRTIO_SCSI_S_ABORTED would fail it with an I/O error in the guest.
+    @Test func logicalUnitResetEndsCommandsOnEveryQueueAsReset() throws {
+        let h = try ServerHarness(requestQueues: 2)
+        defer { h.stop() }
+        let g = try h.connectGuest()
+        _ = try g.execute(queue: 2, cdb: CDBs.testUnitReady)
+        _ = try g.execute(queue: 3, cdb: CDBs.testUnitReady)
+        h.backend.hold()
+        let first = g.post(queue: 2, cdb: CDBs.read10(lba: 0, blocks: 1), dataIn: 512)
+        let second = g.post(queue: 3, cdb: CDBs.read10(lba: 1, blocks: 1), dataIn: 512)
+        #expect(h.backend.waitForCommands(2))
+        let (_, tmfResponse) = g.postTMF(subtype: .logicalUnitReset, lun: 0)
+        _ = try g.waitForUsed(queue: 0)
+        #expect(g.memory.read(tmfResponse, count: 1) == [VirtioSCSIResponse.functionComplete.rawValue])
+        #expect(h.backend.taskManagementCalls.map(\.function) == [.logicalUnitReset, .abortTaskSetAfterLogicalUnitReset])
+        #expect(try g.waitForUsed(queue: 2).map(\.id) == [UInt32(first.head)])
+        #expect(try g.waitForUsed(queue: 3).map(\.id) == [UInt32(second.head)])
+        #expect(g.response(of: first).response == VirtioSCSIResponse.reset.rawValue)
+        #expect(g.response(of: second).response == VirtioSCSIResponse.reset.rawValue)
+    }
+
     /// TMF to a target that does not exist: VIRTIO_SCSI_S_BAD_TARGET; to an unconfigured LUN:
     /// VIRTIO_SCSI_S_INCORRECT_LUN.
     @Test func tmfToUnknownTargetOrLUN() throws {
