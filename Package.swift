@@ -38,7 +38,11 @@ let package = Package(
         // One epoll thread per serial queue running fd handlers on the queue (FDPoller).
         .target(name: "CEventPoller"),
         .target(name: "EventPoller", dependencies: ["CEventPoller"]),
-        .target(name: "VhostUserBackend", dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog", "EventPoller"]),
+        // Unix stream sockets at a path (listen, connect) and the errno error type: shared by
+        // the server and the small control client, which must not pull in the backend.
+        .target(name: "UnixSockets"),
+        .target(name: "VhostUserBackend",
+                dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog", "EventPoller", "UnixSockets"]),
         .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog", "EventPoller"]),
         .target(name: "VhostUserSCSI",
                 dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog", "ServerMetrics",
@@ -51,7 +55,7 @@ let package = Package(
                           dependencies: ["VhostUserSCSI", "ISCSIInitiator", "VhostUserBackend", "ServerLog", "ServerMetrics",
                                          "MetricsExporter", "ControlProtocol", "ServiceNotify", "EventPoller"]),
         // The control socket's client (Docs/CONTROL.md).
-        .executableTarget(name: "vhost-user-scsi-ctl", dependencies: ["ControlProtocol"]),
+        .executableTarget(name: "vhost-user-scsi-ctl", dependencies: ["ControlProtocol", "UnixSockets"]),
 
         // The driver side of vhost-user and virtio (a frontend and a guest driver in one
         // process): used by the load generator and by the tests.
@@ -91,6 +95,7 @@ let package = Package(
         .testTarget(name: "ServerTests", dependencies: ["vhost-user-scsi", "ControlProtocol", "ISCSIInitiator", "MetricsExporter", "ServerLog"]),
         .testTarget(name: "ServerLogTests", dependencies: ["ServerLog", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "ServiceNotifyTests", dependencies: ["ServiceNotify"]),
+        .testTarget(name: "UnixSocketsTests", dependencies: ["UnixSockets"]),
         .testTarget(name: "ServerMetricsTests", dependencies: ["ServerMetrics", "MetricsExporter", "VirtioTestSupport"]),
     ]
 )

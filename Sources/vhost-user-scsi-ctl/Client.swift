@@ -1,5 +1,6 @@
 import ControlProtocol
 import Glibc
+import UnixSockets
 
 /// `vhost-user-scsi-ctl`: sends one command to a server's control socket and prints the answer.
 enum Client {
@@ -89,20 +90,9 @@ enum Client {
 
     /// One request line out, one response line back.
     static func exchange(_ request: JSONValue, path: String) throws(JSONError) -> JSONValue {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(path.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw JSONError("socket path too long: \(path)") }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in pathBytes.enumerated() { raw[i] = b }
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw JSONError("socket: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else { throw JSONError("cannot connect to \(path): \(String(cString: strerror(errno)))") }
+        let fd: Int32
+        do { fd = try UnixSocket.connect(path: path) } catch { throw JSONError(error.description) }
+        defer { closeOwned(fd) }
         guard request.writeLine(to: fd) else {
             throw JSONError("cannot send to \(path): \(String(cString: strerror(errno)))")
         }

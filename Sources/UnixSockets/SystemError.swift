@@ -14,8 +14,9 @@ public struct SystemError: Error, CustomStringConvertible {
 }
 
 /// Retries `body` while it fails with EINTR; returns its result or throws the errno.
-@inline(__always)
-func retryingInterrupts<T: FixedWidthInteger>(_ operation: @autoclosure () -> String, _ body: () -> T) throws(SystemError) -> T {
+@inlinable @inline(__always)
+public func retryingInterrupts<T: FixedWidthInteger>(_ operation: @autoclosure () -> String,
+                                                     _ body: () -> T) throws(SystemError) -> T {
     while true {
         let result = body()
         if result >= 0 { return result }
@@ -26,7 +27,7 @@ func retryingInterrupts<T: FixedWidthInteger>(_ operation: @autoclosure () -> St
 }
 
 /// Closes an fd we own, ignoring EINTR (Linux closes the fd anyway; see close(2)).
-@inline(__always)
-func closeOwned(_ fd: Int32) {
+@inlinable @inline(__always)
+public func closeOwned(_ fd: Int32) {
     if fd >= 0 { _ = Glibc.close(fd) }
 }
