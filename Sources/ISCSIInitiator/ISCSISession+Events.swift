@@ -55,7 +55,18 @@ extension ISCSISession {
     public func flush() {
         flushScheduled = false
         guard let ctx = context, !closed, libiscsiDepth == 0 else { return }
-        if iscsi_which_events(ctx) & Int32(POLLOUT) != 0 { service(Int32(POLLOUT)) }
+        guard iscsi_which_events(ctx) & Int32(POLLOUT) != 0 else { return }
+        let corked = iscsi_out_queue_length(ctx) > 1 && setCork(ctx, true)
+        service(Int32(POLLOUT))
+        if corked, context == ctx { _ = setCork(ctx, false) }
+    }
+
+    /// libiscsi writes each queued PDU with a send of its own, and with TCP_NODELAY each send
+    /// is a TCP segment that goes through the stack (on loopback, the receiver's side too, on
+    /// this thread). Corked, a batch of PDUs leaves as one segment when the cork is pulled.
+    private func setCork(_ ctx: OpaquePointer, _ on: Bool) -> Bool {
+        var value: Int32 = on ? 1 : 0
+        return setsockopt(iscsi_get_fd(ctx), Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size)) == 0
     }
 
     /// Makes sure queued output gets written at the end of this turn of the queue.
