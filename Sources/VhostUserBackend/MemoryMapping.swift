@@ -22,6 +22,7 @@ final class RegionMapping: @unchecked Sendable {
         if fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, UInt64(st.st_size) < length {
             throw SystemError(errno: EINVAL, "memory region ends past the end of its file (\(st.st_size) bytes)")
         }
+        Self.sealAgainstShrinking(fd)
         let p = mmap(nil, Int(length), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
         guard let p, p != MAP_FAILED else {
             throw SystemError(errno: errno, "mmap of \(length) bytes")
@@ -29,6 +30,16 @@ final class RegionMapping: @unchecked Sendable {
         self.description = description
         self.mapping = p
         self.mappingLength = Int(length)
+    }
+
+    /// A frontend that shrank the file after this check would turn our next touch of the cut
+    /// pages into SIGBUS. Where the file allows it, seal it against shrinking: a memfd made with
+    /// MFD_ALLOW_SEALING (QEMU's memory-backend-memfd; its default seal=on has sealed it already).
+    /// Other files (hugetlbfs, /dev/shm) cannot be sealed (README, "Guest memory").
+    /// Growing and punching holes stay allowed: neither takes a mapped page away.
+    static func sealAgainstShrinking(_ fd: Int32) {
+        let addSeals: Int32 = 1033, sealShrink: Int32 = 0x0002  // F_ADD_SEALS, F_SEAL_SHRINK (fcntl(2))
+        _ = fcntl(fd, addSeals, sealShrink)  // EINVAL: not a memfd; EPERM: sealing itself is sealed
     }
 
     var region: GuestMemoryRegion {

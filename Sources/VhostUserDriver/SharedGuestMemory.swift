@@ -32,7 +32,8 @@ public final class SharedGuestMemory: @unchecked Sendable {
         var made: [Region] = []
         do {
             for (i, entry) in layout.enumerated() {
-                let fd = CVhostShims_memfd_create("guest-ram-\(i)", 1 /* MFD_CLOEXEC */)
+                // Sealable, as QEMU's memory-backend-memfd makes its RAM.
+                let fd = CVhostShims_memfd_create("guest-ram-\(i)", 1 | 2 /* MFD_CLOEXEC | MFD_ALLOW_SEALING */)
                 guard fd >= 0 else { throw DriverError.system("memfd_create", errno) }
                 guard ftruncate(fd, off_t(entry.size)) == 0 else {
                     let err = errno

@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 import VhostUserProtocol
 import VhostUserSCSI
@@ -41,6 +42,28 @@ import VirtioTestSupport
             #expect(used.length == UInt32(Self.responseBytes + 4096))
             #expect(m.read(target, count: 4096) == data, "data-in at 0x\(String(target, radix: 16))")
         }
+    }
+
+    /// A frontend that shrinks its RAM memfd after SET_MEM_TABLE would make the server's next
+    /// touch of the cut pages raise SIGBUS. The server sealed it: the shrink fails with EPERM,
+    /// growing still works, and I/O into the last page of the region goes on.
+    @Test func guestRAMCannotBeShrunkUnderTheServer() throws {
+        let h = try ServerHarness()
+        defer { h.stop() }
+        let g = try h.connectGuest()
+        _ = try g.execute(cdb: CDBs.testUnitReady)  // SET_MEM_TABLE has been handled
+        let region = try #require(g.memory.regions.first)
+        #expect(ftruncate(region.fd, off_t(region.size / 2)) == -1 && errno == EPERM, "shrinking is sealed")
+        #expect(ftruncate(region.fd, off_t(region.size + 4096)) == 0, "growing is not")
+
+        let data = pattern(4096, seed: 5)
+        _ = try g.execute(cdb: CDBs.write10(lba: 8, blocks: 8), dataOut: data)
+        let last = region.guestPhysicalAddress + region.size - 4096
+        let header = g.memory.allocate(copying: Self.header(CDBs.read10(lba: 8, blocks: 8)))
+        let response = g.memory.allocate(Self.responseBytes)
+        let used = try g.executeRaw([.readable(header, 51), .writable(response, Self.responseBytes), .writable(last, 4096)])
+        #expect(used.length == UInt32(Self.responseBytes + 4096))
+        #expect(g.memory.read(last, count: 4096) == data)
     }
 
     /// SET_MEM_TABLE while the rings run: the rings move to the new mappings and buffers in a
