@@ -4,6 +4,9 @@
 #      asynchronous libiscsi driver like the server's, because iscsi-perf does only reads and
 #      prints no latency; iscsi-perf runs beside it for the read jobs as a cross-check)
 #   2. this server (vhost-user-scsi) driven by the load generator (vhost-user-scsi-bench)
+#   2b. optionally (CONTRIB_BIN set) QEMU's contrib vhost-user-scsi, the sample backend built by
+#      Scripts/qemu-contrib-scsi.sh, driven by the same load generator on the same LUN, for the
+#      jobs with 1 request queue (it serves commands one at a time, synchronously)
 #   3. optionally inside a guest (fio, O_DIRECT): this server against QEMU's own virtio-scsi
 #      with its built-in libiscsi driver on the same LUN (Scripts/run-guest.sh)
 # All against one private tgtd on 127.0.0.1 whose LUN is a file in /dev/shm (tmpfs, memory),
@@ -20,8 +23,12 @@
 #   GUEST_RUNS [1]  GUEST_RUNTIME [10]  GUEST_JOBS ["randread:4k:32 randread:4k:1"]
 #   PORT [3390]  CTLPORT [3391]  WORKDIR [.build/bench]  SCRATCH [.build] (swift --scratch-path)
 #   SERVER_BIN  BENCH_BIN  (default: the release build in SCRATCH)
+#   CONTRIB_BIN [unset]  QEMU's contrib vhost-user-scsi (Scripts/qemu-contrib-scsi.sh prints
+#               its path); when set, each 1-queue job also runs against it, one fresh process
+#               per run (it serves a single connection), and the table gets its columns
 # Prints a table per job and queue count: ceiling and our IOPS and their ratio, p50/p99
-# latency, CPU µs per I/O (ceiling tool; our server), then the in-guest comparison.
+# latency, CPU µs per I/O (ceiling tool; our server), with CONTRIB_BIN the contrib backend's
+# IOPS, p50 and CPU per I/O and our IOPS over its, then the in-guest comparison.
 # Exit status: 0 when every run worked, 1 when one failed, 2 on bad usage.
 set -euo pipefail
 
@@ -79,14 +86,20 @@ BINDIR=$(swift build -c release --scratch-path "$SCRATCH" --show-bin-path)
 SERVER_BIN=${SERVER_BIN:-$BINDIR/vhost-user-scsi}
 BENCH_BIN=${BENCH_BIN:-$BINDIR/vhost-user-scsi-bench}
 [[ -x $SERVER_BIN && -x $BENCH_BIN ]] || die "no $SERVER_BIN or $BENCH_BIN (build first)"
+CONTRIB_BIN=${CONTRIB_BIN:-}
+if [[ -n $CONTRIB_BIN ]]; then
+    "$CONTRIB_BIN" --help >/dev/null 2>&1 ||
+        die "CONTRIB_BIN=$CONTRIB_BIN does not run (build it with Scripts/qemu-contrib-scsi.sh)"
+fi
 LOAD_BIN=$WORKDIR/iscsi-load
 cc -O2 -o "$LOAD_BIN" Benchmarks/iscsi-load.c -liscsi -lpthread || die "cannot build Benchmarks/iscsi-load.c (libiscsi-dev)"
 command -v iscsi-perf >/dev/null || die "iscsi-perf missing (apt-get install libiscsi-bin)"
 
 # --- target and server -----------------------------------------------------------------------
-SERVER_PID=""
+SERVER_PID="" CONTRIB_PID=""
 cleanup() {
     [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+    [[ -n $CONTRIB_PID ]] && kill "$CONTRIB_PID" 2>/dev/null && wait "$CONTRIB_PID" 2>/dev/null || true
     Scripts/tgt.sh stop "$WORKDIR/tgt" "$CTLPORT" >/dev/null 2>&1 || true
     rm -f "$LUNFILE"
 }
@@ -112,6 +125,29 @@ fmt() { [[ $1 == - || -z $1 ]] && { echo -; return; }; printf "%.${2:-0}f" "$1";
 ratio() { [[ $1 == - || $2 == - || -z $1 || -z $2 ]] && { echo -; return; }; awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
 FAILED=0
 
+# The contrib backend accepts one connection, logs in to the LUN, serves until the frontend
+# disconnects, then exits; so every run starts a fresh one. The bench's JSON goes to
+# $WORKDIR/contrib.json. Not run in $(...), so that cleanup() knows CONTRIB_PID.
+CSOCK=$WORKDIR/contrib.sock
+run_contrib() {
+    rm -f "$CSOCK" "$WORKDIR/contrib.json"
+    "$CONTRIB_BIN" -s "$CSOCK" -i "$URL" >"$WORKDIR/contrib.log" 2>&1 &
+    CONTRIB_PID=$!
+    for _ in $(seq 50); do [[ -S $CSOCK ]] && break; sleep 0.1; done
+    local rc=0
+    if [[ -S $CSOCK ]]; then
+        "$BENCH_BIN" --socket "$CSOCK" "$@" --backend-pid "$CONTRIB_PID" --json -q \
+            >"$WORKDIR/contrib.json" 2>"$WORKDIR/bench.err" || rc=$?
+    else
+        echo "the contrib backend did not start: $(tail -n 3 "$WORKDIR/contrib.log")" >"$WORKDIR/bench.err"; rc=1
+    fi
+    for _ in $(seq 30); do kill -0 "$CONTRIB_PID" 2>/dev/null || break; sleep 0.1; done
+    kill "$CONTRIB_PID" 2>/dev/null || true
+    wait "$CONTRIB_PID" 2>/dev/null || true
+    CONTRIB_PID=""
+    return "$rc"
+}
+
 # --- host-side runs --------------------------------------------------------------------------
 ROWS=()
 for job in $JOBS; do
@@ -119,6 +155,7 @@ for job in $JOBS; do
     nbytes=$(bytes "$bs")
     for q in $QUEUES; do
         c_iops=() c_p50=() c_p99=() c_cpu=() p_iops=() p_cpu=() o_iops=() o_p50=() o_p99=() o_cpu=() o_tcpu=() c_tcpu=()
+        k_iops=() k_p50=() k_cpu=()
         for run in $(seq "$RUNS"); do
             say "$rw bs=$bs depth=$depth queues=$q run $run/$RUNS: ceiling (iscsi-load)"
             t0=$(cpu_ticks "$TGT_PID")
@@ -158,6 +195,17 @@ for job in $JOBS; do
             else
                 say "vhost-user-scsi-bench failed: $(cat "$WORKDIR/bench.err") $out"; FAILED=1
             fi
+            if [[ -n $CONTRIB_BIN ]] && ((q == 1)); then
+                say "  QEMU's contrib vhost-user-scsi (vhost-user-scsi-bench)"
+                if run_contrib --rw "$rw" --bs "$bs" --iodepth "$depth" --queues 1 \
+                        --runtime "$RUNTIME" --ramp "$RAMP"; then
+                    out=$(cat "$WORKDIR/contrib.json")
+                    k_iops+=("$(jv iops "$out")") k_p50+=("$(awk -v v="$(jv p50 "$out")" 'BEGIN{print v/1000}')")
+                    k_cpu+=("$(jv backend_cpu_us_per_io "$out")")
+                else
+                    say "vhost-user-scsi-bench against the contrib backend failed: $(cat "$WORKDIR/bench.err" "$WORKDIR/contrib.json" 2>/dev/null)"; FAILED=1
+                fi
+            fi
         done
         ci=$(echo "${c_iops[*]:-}" | median) oi=$(echo "${o_iops[*]:-}" | median)
         ROWS+=("$(printf '%-18s %2s %9s %9s %6s | %8s %8s | %8s %8s | %6s %6s | %6s %6s | %9s %6s' \
@@ -167,6 +215,11 @@ for job in $JOBS; do
             "$(fmt "$(echo "${c_cpu[*]:-}" | median)" 2)" "$(fmt "$(echo "${o_cpu[*]:-}" | median)" 2)" \
             "$(fmt "$(echo "${c_tcpu[*]:-}" | median)" 2)" "$(fmt "$(echo "${o_tcpu[*]:-}" | median)" 2)" \
             "$(fmt "$(echo "${p_iops[*]:-}" | median)")" "$(fmt "$(echo "${p_cpu[*]:-}" | median)" 2)")")
+        if [[ -n $CONTRIB_BIN ]]; then
+            ki=$(echo "${k_iops[*]:-}" | median)
+            ROWS[-1]+=$(printf ' | %8s %8s %6s %6s' "$(fmt "$ki")" "$(fmt "$(echo "${k_p50[*]:-}" | median)" 1)" \
+                "$(fmt "$(echo "${k_cpu[*]:-}" | median)" 2)" "$(ratio "$oi" "$ki")")
+        fi
     done
 done
 
@@ -175,8 +228,14 @@ echo "Host side: medians of $RUNS run(s) x ${RUNTIME}s (+${RAMP}s ramp); tgtd LU
 echo "  ceiling = Benchmarks/iscsi-load (libiscsi, one session per queue); ours = vhost-user-scsi-bench -> vhost-user-scsi"
 echo "  lat = µs at p50/p99; cpu = µs of CPU per I/O (ceiling: the libiscsi tool; ours: the server process);"
 echo "  tgtd = the target's CPU per I/O in the same runs; iscsi-perf = cross-check of the ceiling (reads, 1 queue)"
-printf '%-18s %2s %9s %9s %6s | %8s %8s | %8s %8s | %6s %6s | %6s %6s | %9s %6s\n' \
-    job q ceil_iops our_iops ratio ceil_p50 our_p50 ceil_p99 our_p99 c_cpu o_cpu c_tgtd o_tgtd perf_iops p_cpu
+header=$(printf '%-18s %2s %9s %9s %6s | %8s %8s | %8s %8s | %6s %6s | %6s %6s | %9s %6s' \
+    job q ceil_iops our_iops ratio ceil_p50 our_p50 ceil_p99 our_p99 c_cpu o_cpu c_tgtd o_tgtd perf_iops p_cpu)
+if [[ -n $CONTRIB_BIN ]]; then
+    echo "  qc = QEMU's contrib vhost-user-scsi ($CONTRIB_BIN), 1 queue only: IOPS, p50 µs, CPU µs per I/O;"
+    echo "       our/qc = our IOPS over its"
+    header+=$(printf ' | %8s %8s %6s %6s' qc_iops qc_p50 qc_cpu our/qc)
+fi
+echo "$header"
 for row in "${ROWS[@]}"; do echo "$row"; done
 
 # --- in the guest ----------------------------------------------------------------------------

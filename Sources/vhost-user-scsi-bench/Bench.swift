@@ -236,8 +236,23 @@ final class Run {
         let lun = "LUN \(o.target):\(o.lun)"
         func run(_ cdb: [UInt8], _ dataIn: Int, _ name: String) throws -> QueueWorker.CommandResult {
             let r = try w.syncCommand(cdb, dataIn: dataIn, timeout: o.timeout)
-            if r.response != 0 {
-                throw BenchFailure("\(lun): \(name) failed: virtio-scsi response \(QueueWorker.responseName(r.response))")
+            // QEMU's contrib vhost-user-scsi (7.2; Scripts/qemu-contrib-scsi.sh) answers every
+            // CHECK CONDITION with response VIRTIO_SCSI_S_FAILURE, where virtio v1.2 §5.6.6.1
+            // wants VIRTIO_SCSI_S_OK "when the request was completed and the status byte is
+            // filled with a SCSI status code". Status and sense are filled in, so judge the
+            // command by them; otherwise the unit attention after its login ends the run here.
+            let checkConditionAsFailure = r.response == 9 && r.status == 2 && !r.sense.isEmpty
+            if r.response != 0 && !checkConditionAsFailure {
+                var what = "virtio-scsi response \(QueueWorker.responseName(r.response))"
+                if r.response == 0xFF {
+                    // syncCommand presets the byte to 0xFF; the contrib backend leaves it so
+                    // for a LUN other than 0:0, which is all it serves.
+                    what = "the backend left the virtio-scsi response unset"
+                    if r.status == 2 && r.sense.count >= 14 {
+                        what += " (SCSI status 0x2" + r.sense.withUnsafeBytes { QueueWorker.senseText($0.baseAddress!) } + ")"
+                    }
+                }
+                throw BenchFailure("\(lun): \(name) failed: \(what)")
             }
             return r
         }
@@ -262,7 +277,8 @@ final class Run {
         } else {
             let r10 = try run([0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8, "READ CAPACITY(10)")
             guard r10.status == 0 else {
-                throw BenchFailure("\(lun): READ CAPACITY failed: SCSI status 0x\(String(r10.status, radix: 16))")
+                throw BenchFailure("\(lun): READ CAPACITY failed: SCSI status 0x\(String(r10.status, radix: 16))"
+                                   + (r10.sense.count < 14 ? "" : r10.sense.withUnsafeBytes { QueueWorker.senseText($0.baseAddress!) }))
             }
             blockCount = UInt64(r10.data[0..<4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }) + 1
             logicalBlock = Int(r10.data[4..<8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
