@@ -289,8 +289,10 @@ extension ISCSISession {
     /// Completes every outstanding command that `matches` with `outcome`, each exactly once,
     /// before returning. In-flight commands are cancelled in libiscsi (their callback reports
     /// the outcome); commands libiscsi no longer holds are completed directly.
-    func cancelOutstanding(outcome: SCSITransportOutcome, _ matches: (CommandSlot) -> Bool) {
-        guard outstandingCount > 0 else { return }
+    /// Returns how many commands it ended.
+    @discardableResult
+    func cancelOutstanding(outcome: SCSITransportOutcome, _ matches: (CommandSlot) -> Bool) -> Int {
+        guard outstandingCount > 0 else { return 0 }
         // Snapshot first: a sink may resubmit a token while we cancel, and a new command must
         // not be cancelled by an older function.
         var victims: [(token: Int, generation: UInt32)] = []
@@ -326,6 +328,7 @@ extension ISCSISession {
                 }
             }
         }
+        return victims.count
     }
 
     /// Sends a held command again on the new connection, as a new task with the old one's CDB,

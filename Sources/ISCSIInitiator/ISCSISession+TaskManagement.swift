@@ -191,20 +191,24 @@ extension ISCSISession {
         Log.info("iscsi: \(request.function) for LUN \(request.lun) on \(url): response \(response) -> \(result)")
         if result == .functionComplete {
             let lun = request.lun
+            let ended: Int
             switch request.function {
             case .abortTask:
                 let token = request.abortedToken
-                cancelOutstanding(outcome: .aborted) { slot in
+                ended = cancelOutstanding(outcome: .aborted) { slot in
                     slot.token == token && slot.generation == request.abortedGeneration
                 }
             case .abortTaskSet, .clearTaskSet:
-                cancelOutstanding(outcome: .aborted) { $0.lun == lun }
+                ended = cancelOutstanding(outcome: .aborted) { $0.lun == lun }
             case .logicalUnitReset, .abortTaskSetAfterLogicalUnitReset:
-                cancelOutstanding(outcome: .reset) { $0.lun == lun }
+                ended = cancelOutstanding(outcome: .reset) { $0.lun == lun }
             case .targetWarmReset:
-                cancelOutstanding(outcome: .reset) { _ in true }
+                ended = cancelOutstanding(outcome: .reset) { _ in true }
             case .clearACA, .queryTask, .queryTaskSet:
-                break
+                ended = 0
+            }
+            if ended > 0 {
+                Log.info("iscsi: \(request.function) on \(url) ended \(ended) command(s) the target did not answer")
             }
         }
         request.reply(result)
