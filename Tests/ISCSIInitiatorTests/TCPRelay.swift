@@ -152,6 +152,8 @@ struct ISCSIStreamReport {
     var loginKeys: [String] = []
     /// PDUs after the login.
     var fullFeaturePDUs = 0
+    /// Their opcodes (RFC 7143 §11.1.1), in order.
+    var fullFeatureOpcodes: [UInt8] = []
     /// Of those, how many carried a header digest that did not match.
     var badDigests = 0
 
@@ -170,6 +172,7 @@ struct ISCSIStreamReport {
             guard end <= bytes.count else { break }
             if loggedIn {
                 fullFeaturePDUs += 1
+                fullFeatureOpcodes.append(opcode)
                 if headerDigest {
                     let d = p + 48 + ahs
                     let sent = UInt32(bytes[d]) | UInt32(bytes[d + 1]) << 8 | UInt32(bytes[d + 2]) << 16 | UInt32(bytes[d + 3]) << 24
