@@ -13,7 +13,9 @@ import ServerLog
 /// context is destroyed.
 ///
 /// A target that answers gets its clean logout (RFC 7143 §11.14); a silent one is given
-/// `timeout` seconds, then the connection is dropped.
+/// `timeout` seconds, then the connection is dropped. Like every libiscsi write (writev), the
+/// logout can raise SIGPIPE when the peer is gone: the process must ignore SIGPIPE, as the
+/// server does.
 final class BackgroundLogout: @unchecked Sendable {
     /// Every logout still running in the process, for `ISCSISession.waitForBackgroundLogouts`.
     static let running = DispatchGroup()

@@ -226,6 +226,7 @@ extension ISCSISession {
 
     private func noteAttemptFailure(_ reason: String, number: Int) {
         let now = Self.monotonicNow()
+        if firstLoginPending { firstLoginFailures &+= 1 }
         // One line per new reason, and a reminder every 10 s.
         if reason != lastAttemptFailure || now - lastAttemptFailureLogged >= 10 {
             if firstLoginPending {

@@ -105,6 +105,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     var lastOutageSeconds: Double?
     /// Commands delivered with `.transportFailure` (ISCSISession+Counters.swift).
     var commandFailures: UInt64 = 0
+    /// Failed attempts of the first login (`loggingInInBackground`).
+    var firstLoginFailures: UInt64 = 0
 
     /// Connects and logs in synchronously (blocking the calling thread, at most about
     /// `loginTimeout` seconds plus TCP connect time), checking that `url.lun` answers. Same as

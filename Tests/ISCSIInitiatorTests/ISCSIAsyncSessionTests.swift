@@ -45,6 +45,9 @@ extension ISCSIOutageTests {
         Thread.sleep(forTimeInterval: 1.5)   // a few failed attempts (connection refused)
         XCTAssertEqual(session.connectionStatus.heldCommands, 1, "held while the target is down")
         XCTAssertTrue(sink.all.isEmpty, "nothing completed before the login")
+        let (link, counters) = queue.sync { (session.link, (session as SCSITargetSession).sessionCounters) }
+        XCTAssertEqual(link, .reconnecting)
+        XCTAssertGreaterThanOrEqual(counters.loginFailures, 2, "failed attempts are counted (metrics)")
 
         try daemon.launch()
         let back = Date()

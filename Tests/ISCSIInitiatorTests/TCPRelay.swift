@@ -21,6 +21,10 @@ final class TCPRelay: @unchecked Sendable {
     private static let recordLimit = 8 << 20
 
     init(targetPort: Int) throws {
+        // `stop` closes connections a background logout may still write to (libiscsi writes
+        // with writev): EPIPE, not a SIGPIPE that kills the test process. The server ignores
+        // SIGPIPE the same way.
+        signal(SIGPIPE, SIG_IGN)
         self.targetPort = targetPort
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestError("relay: socket failed: errno \(errno)") }
