@@ -102,8 +102,9 @@ extension ISCSISession {
         let now = Self.monotonicNow()
         outageStart = now
         attemptNumber = 0
-        Log.info("iscsi: logging in to \(url) \(login.summary) isid \(isid) in the background; commands are held "
-                 + "for up to \(Self.seconds(recovery.outageTimeout)) s")
+        // The outcome is logged: "logged in ..." or "login to ... failed ...; retrying".
+        Log.debug("iscsi: logging in to \(url) \(login.summary) isid \(isid) in the background; commands are held "
+                  + "for up to \(Self.seconds(recovery.outageTimeout)) s")
         checkOutage(now: now)
         scheduleOutageCheck(now: now)
         startAttempt()
@@ -231,7 +232,7 @@ extension ISCSISession {
         if reason != lastAttemptFailure || now - lastAttemptFailureLogged >= 10 {
             if firstLoginPending {
                 Log.warning("iscsi: login to \(url) failed (attempt \(number), trying for \(Self.seconds(now - outageStart)) s): "
-                            + "\(reason); retrying")
+                            + "\(reason); retrying, commands are held for up to \(Self.seconds(recovery.outageTimeout)) s")
             } else {
                 Log.warning("iscsi: reconnect to \(url) failed (attempt \(number), down \(Self.seconds(now - outageStart)) s): \(reason)")
             }
