@@ -64,6 +64,32 @@ extension ISCSIOutageTests {
         XCTAssertEqual(status.outages, 0, "nor an outage")
     }
 
+    /// A frozen target accepts the TCP connection (the kernel does) but never answers the
+    /// login: a synchronous login would hold the queue for its whole timeout.
+    func testBackgroundLoginToAFrozenTargetLeavesTheQueueFree() throws {
+        daemon.pause()
+        var session: ISCSISession!
+        let made = try timed {
+            session = try connectInBackground(ISCSIRecoveryPolicy(outageTimeout: 30, maxReconnectDelay: 0.5,
+                                                                  loginTimeout: 1))
+        }
+        XCTAssertLessThan(made, 0.1)
+        let b = makeBuffers(4096)
+        XCTAssertTrue(submit(session, TestCDB.read16(lba: 0, blocks: 8), b, .fromDevice, token: 0))
+        var slowest = 0.0
+        for _ in 0..<30 {   // 1.5 s: more than one attempt's login timeout
+            slowest = max(slowest, timed { queue.sync {} })
+            usleep(50_000)
+        }
+        XCTAssertLessThan(slowest, 0.05, "the queue answered at once while the login waited")
+        XCTAssertFalse(session.connectionStatus.loggedIn)
+        daemon.resume()
+        let (done, _) = completeRetryingUnitAttention(session, token: 0, timeout: 15) {
+            submit(session, TestCDB.read16(lba: 0, blocks: 8), b, .fromDevice, token: 0)
+        }
+        XCTAssertEqual(done?.status, .good)
+    }
+
     func testBackgroundLoginFailsHeldCommandsAtTheOutageTimeoutAndRecovers() throws {
         daemon.kill()
         let timeout = 1.5
