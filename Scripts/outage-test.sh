@@ -5,6 +5,9 @@
 #   restart  tgtd is stopped and started again on the same backing file
 #   block    the target's port is blocked (iptables DROP, the connection stays open but
 #            silent) for a while shorter than the server's --target-timeout
+#   boot     the target's port is blocked before the guest starts, so the request queues'
+#            first logins fail and are retried in the background while the guest's SCSI scan
+#            waits; it opens again 12 s later
 # Each must pass with the data verified and no I/O error in the guest; the guest's kernel log
 # (what the guest saw) and the server's reconnect lines are printed.
 #
@@ -13,7 +16,7 @@
 # its Unix socket as usual.
 #
 # Usage: Scripts/outage-test.sh SERVER_BINARY [WORKDIR]
-#   OUTAGE_SCENARIOS="restart block" (default both), OUTAGE_FIO_SECONDS (default 45)
+#   OUTAGE_SCENARIOS="restart block boot" (default all three), OUTAGE_FIO_SECONDS (default 45)
 # Needs root (ip netns, iptables; iptables is installed with apt-get when missing).
 # Prints "N passed, M failed" at the end; exits non-zero if anything failed.
 set -euo pipefail
@@ -23,7 +26,7 @@ root=$(cd "$here/.." && pwd)
 server=$(realpath "${1:?usage: Scripts/outage-test.sh SERVER_BINARY [WORKDIR]}")
 work=${2:-$(mktemp -d /tmp/vus-outage.XXXXXX)}
 mkdir -p "$work"
-scenarios=${OUTAGE_SCENARIOS:-restart block}
+scenarios=${OUTAGE_SCENARIOS:-restart block boot}
 fio_seconds=${OUTAGE_FIO_SECONDS:-45}
 ns=vus-outage-$$
 port=$((20000 + RANDOM % 10000))
@@ -37,6 +40,7 @@ failed=0
 server_pid=
 guest_pid=
 blocked=0
+unblock_pid=
 
 log() { echo "outage: $*"; }
 check() {  # check NAME STATUS DETAIL
@@ -53,6 +57,7 @@ inns() { ip netns exec "$ns" "$@"; }
 cleanup() {
     set +e
     [ -n "$guest_pid" ] && kill "$guest_pid" 2>/dev/null && wait "$guest_pid" 2>/dev/null
+    [ -n "$unblock_pid" ] && kill "$unblock_pid" 2>/dev/null && wait "$unblock_pid" 2>/dev/null
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
     if ip netns list 2>/dev/null | grep -qw "$ns"; then
         [ "$blocked" = 1 ] && inns iptables -D INPUT -p tcp --dport "$port" -j DROP 2>/dev/null
@@ -80,10 +85,12 @@ for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 [ -S "$sock" ] || { cat "$work/server.log"; log "server did not start"; exit 1; }
 log "tgtd and server in network namespace $ns; target $url; --target-timeout $target_timeout --keepalive $keepalive"
 
-# run_scenario NAME ACTION: boots the guest, runs ACTION while fio runs, judges the run.
+# run_scenario NAME ACTION [BEFORE]: runs BEFORE, boots the guest, runs ACTION while fio
+# runs, judges the run.
 run_scenario() {
-    local name=$1 action=$2 glog=$work/guest-$1.log mark
+    local name=$1 action=$2 before=${3:-} glog=$work/guest-$1.log mark
     mark=$(wc -l <"$work/server.log")
+    [ -z "$before" ] || "$before"
     "$here/run-guest.sh" --vhost-user "$sock" --num-queues 2 --workload outage \
         --append "vus.outage_seconds=$fio_seconds" --quiet --timeout 600 --log "$glog" >"$work/guest-$name.out" 2>&1 &
     guest_pid=$!
@@ -134,16 +141,40 @@ block_port() {
     log "port $port open again"
 }
 
+# The port opens again in the background while the guest boots and scans.
+block_port_before_boot() {
+    log "blocking TCP port $port (DROP) before the guest starts, for 12 s"
+    inns iptables -A INPUT -p tcp --dport "$port" -j DROP
+    blocked=1
+    (sleep 12; inns iptables -D INPUT -p tcp --dport "$port" -j DROP; log "port $port open again") &
+    unblock_pid=$!
+}
+
+# fio runs, so the first logins succeeded; they must have failed first (the port was blocked).
+check_first_logins() {
+    wait "$unblock_pid" || true
+    unblock_pid=
+    blocked=0
+    local lines
+    lines=$(tail -n +"$((mark + 1))" "$work/server.log")
+    check boot_first_login_retried "$(grep -q 'iscsi: login to .* failed .*retrying' <<<"$lines"; echo $?)" \
+        "($(grep -c 'iscsi: login to .* failed' <<<"$lines") failed-attempt line(s) logged)"
+    check boot_logged_in_in_background "$(grep -qE 'iscsi: logged in to .* after [0-9.]+ s \(attempt [0-9]+\)' <<<"$lines"; echo $?)"
+}
+
 for scenario in $scenarios; do
     case "$scenario" in
         restart) run_scenario restart restart_tgtd ;;
         block) run_scenario block block_port ;;
+        boot) run_scenario boot check_first_logins block_port_before_boot ;;
         *) check "scenario_$scenario" 1 "(unknown scenario)" ;;
     esac
 done
 
-check server_reconnected "$(grep -q 'iscsi: reconnected to' "$work/server.log"; echo $?)" \
-    "($(grep -c 'iscsi: reconnected to' "$work/server.log") reconnect(s) logged)"
+if [[ " $scenarios " == *" restart "* || " $scenarios " == *" block "* ]]; then
+    check server_reconnected "$(grep -q 'iscsi: reconnected to' "$work/server.log"; echo $?)" \
+        "($(grep -c 'iscsi: reconnected to' "$work/server.log") reconnect(s) logged)"
+fi
 kill -TERM "$server_pid"
 set +e
 wait "$server_pid"; rc=$?

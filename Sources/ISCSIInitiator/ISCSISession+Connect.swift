@@ -140,7 +140,7 @@ extension ISCSISession {
         return state.failure.map { $0.isEmpty ? "unknown error" : $0 }
     }
 
-    private static func errorText(_ ctx: OpaquePointer) -> String {
+    static func errorText(_ ctx: OpaquePointer) -> String {
         let text = iscsi_get_error(ctx).map { String(cString: $0) } ?? ""
         return text.isEmpty ? "unknown error" : text
     }

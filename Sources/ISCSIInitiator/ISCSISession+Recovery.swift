@@ -90,15 +90,35 @@ extension ISCSISession {
                     + "\(Self.seconds(recovery.outageTimeout)) s")
         detachContext()
         checkOutage(now: now)
-        if !failingCommands {
-            // The timer would be up to a second late: fail held commands on time.
-            let outages = self.outages
-            queue.asyncAfter(deadline: .now() + max(0, outageStart + recovery.outageTimeout - now)) { @Sendable [weak self] in
-                guard let self, self.outages == outages, !self.closed else { return }
-                self.checkOutage(now: Self.monotonicNow() + 0.001)
-            }
-        }
+        scheduleOutageCheck(now: now)
         startAttempt()
+    }
+
+    /// Starts the first login of a session made by `loggingInInBackground`: like an outage
+    /// that begins now (commands held, then failed past the outage timeout), but not counted
+    /// as one. Attempt 1 starts at once.
+    func startFirstLogin() {
+        guard firstLoginPending, !closed else { return }
+        let now = Self.monotonicNow()
+        outageStart = now
+        attemptNumber = 0
+        // The outcome is logged: "logged in ..." or "login to ... failed ...; retrying".
+        Log.debug("iscsi: logging in to \(url) \(login.summary) isid \(isid) in the background; commands are held "
+                  + "for up to \(Self.seconds(recovery.outageTimeout)) s")
+        checkOutage(now: now)
+        scheduleOutageCheck(now: now)
+        startAttempt()
+    }
+
+    /// Checks the outage timeout of the outage that began at `outageStart` right when it
+    /// passes: the timer would be up to a second late.
+    private func scheduleOutageCheck(now: Double) {
+        guard !failingCommands else { return }
+        let outages = self.outages
+        queue.asyncAfter(deadline: .now() + max(0, outageStart + recovery.outageTimeout - now)) { @Sendable [weak self] in
+            guard let self, self.outages == outages, !self.closed else { return }
+            self.checkOutage(now: Self.monotonicNow() + 0.001)
+        }
     }
 
     /// The target has not answered: treat it as a lost connection.
@@ -207,9 +227,15 @@ extension ISCSISession {
 
     private func noteAttemptFailure(_ reason: String, number: Int) {
         let now = Self.monotonicNow()
+        if firstLoginPending { firstLoginFailures &+= 1 }
         // One line per new reason, and a reminder every 10 s.
         if reason != lastAttemptFailure || now - lastAttemptFailureLogged >= 10 {
-            Log.warning("iscsi: reconnect to \(url) failed (attempt \(number), down \(Self.seconds(now - outageStart)) s): \(reason)")
+            if firstLoginPending {
+                Log.warning("iscsi: login to \(url) failed (attempt \(number), trying for \(Self.seconds(now - outageStart)) s): "
+                            + "\(reason); retrying, commands are held for up to \(Self.seconds(recovery.outageTimeout)) s")
+            } else {
+                Log.warning("iscsi: reconnect to \(url) failed (attempt \(number), down \(Self.seconds(now - outageStart)) s): \(reason)")
+            }
             lastAttemptFailure = reason
             lastAttemptFailureLogged = now
         }
@@ -233,17 +259,22 @@ extension ISCSISession {
         linkUp = true
         let wasFailing = failingCommands
         failingCommands = false
-        lastOutageSeconds = now - outageStart
-        reconnects += 1
+        let firstLogin = firstLoginPending
+        firstLoginPending = false
+        if !firstLogin {
+            lastOutageSeconds = now - outageStart
+            reconnects += 1
+        }
         lastHeard = now
         nextKeepalive = now + recovery.keepaliveInterval
         lastAttemptFailure = nil
         var held: [Int] = []
         for token in 0..<maxOutstanding where slots[token].state == .held { held.append(token) }
         held.sort { slots[$0].sequence < slots[$1].sequence }
-        Log.info("iscsi: reconnected to \(url) after \(Self.seconds(now - outageStart)) s (attempt \(attempt.number))"
+        Log.info("iscsi: " + (firstLogin ? "logged in to \(url) \(login.summary) isid \(isid)" : "reconnected to \(url)")
+                 + " after \(Self.seconds(now - outageStart)) s (attempt \(attempt.number))"
                  + (wasFailing ? "; serving commands again" : "")
-                 + (held.isEmpty ? "" : "; re-sending \(held.count) held command(s)"))
+                 + (held.isEmpty ? "" : "; " + (firstLogin ? "sending" : "re-sending") + " \(held.count) held command(s)"))
         for token in held {
             // A send can notice a failed connection; the rest stay held for the next login.
             guard linkUp, context == ctx else { break }
@@ -317,7 +348,8 @@ extension ISCSISession {
         var held = 0
         for token in 0..<maxOutstanding where slots[token].state == .held { held += 1 }
         Log.error("iscsi: \(url) unreachable for \(Self.seconds(now - outageStart)) s: failing \(held) held "
-                  + "command(s) and every new one until it is back; still reconnecting")
+                  + "command(s) and every new one until it is back; still "
+                  + (firstLoginPending ? "trying to log in" : "reconnecting"))
         cancelOutstanding(outcome: .transportFailure) { $0.state == .held }
     }
 

@@ -75,9 +75,13 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
 
     /// How outages are detected and ridden out.
     public let recovery: ISCSIRecoveryPolicy
-    /// Logged in on `context`. False during an outage, when `context` is nil or a reconnect
-    /// attempt's context that is not logged in yet.
-    var linkUp = true
+    /// Logged in on `context`. False during an outage and before the first login of a session
+    /// made by `loggingInInBackground`, when `context` is nil or an attempt's context that is
+    /// not logged in yet.
+    var linkUp: Bool
+    /// A session made by `loggingInInBackground` that has not logged in yet: its attempts are
+    /// the first login, not a reconnect (logs and counters say so).
+    var firstLoginPending: Bool
     /// The outage has lasted longer than `recovery.outageTimeout`: commands fail at once.
     var failingCommands = false
     /// When the current outage began (monotonic seconds).
@@ -101,6 +105,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     var lastOutageSeconds: Double?
     /// Commands delivered with `.transportFailure` (ISCSISession+Counters.swift).
     var commandFailures: UInt64 = 0
+    /// Failed attempts of the first login (`loggingInInBackground`).
+    var firstLoginFailures: UInt64 = 0
 
     /// Connects and logs in synchronously (blocking the calling thread, at most about
     /// `loginTimeout` seconds plus TCP connect time), checking that `url.lun` answers. Same as
@@ -128,16 +134,51 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     ///
     /// `poller`, if given, must serve `queue`: the socket is then watched by its thread
     /// (no libdispatch wake-ups per event) instead of by Dispatch sources.
-    public init(url: ISCSIURL, login settings: ISCSILoginSettings, queue: DispatchQueue,
-                maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
-                loginTimeout: Int = 15, recovery: ISCSIRecoveryPolicy = .default,
-                poller: FDPoller? = nil) throws(ISCSIError) {
-        precondition((1...65536).contains(maxOutstanding), "maxOutstanding must be 1...65536")
-        precondition(poller == nil || poller!.queue === queue, "the poller must serve the session's queue")
-        precondition(Self.iovecLayoutMatches, "struct scsi_iovec does not match struct iovec")
+    public convenience init(url: ISCSIURL, login settings: ISCSILoginSettings, queue: DispatchQueue,
+                            maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
+                            loginTimeout: Int = 15, recovery: ISCSIRecoveryPolicy = .default,
+                            poller: FDPoller? = nil) throws(ISCSIError) {
+        Self.checkArguments(queue: queue, maxOutstanding: maxOutstanding, poller: poller)
         let isid = isid ?? ISCSIISID.next()
         let login = try settings.resolved(for: url)
         let context = try Self.connect(url: url, login: login, isid: isid, loginTimeout: loginTimeout)
+        self.init(url: url, settings: settings, login: login, queue: queue, maxOutstanding: maxOutstanding,
+                  isid: isid, recovery: recovery, poller: poller, loggedIn: context)
+    }
+
+    /// A session that returns at once, before any connection, and logs in in the background
+    /// through the reconnect machinery (ISCSISession+Recovery.swift): attempt 1 starts now, and
+    /// failed attempts are retried as during an outage (each logged once per new reason).
+    /// Commands submitted meanwhile are held and sent after the login; when `recovery`'s
+    /// outage timeout passes first they fail with `.transportFailure`, exactly as during an
+    /// outage. For request queues, which must not block on a target that is down; a caller
+    /// that wants an unreachable target to be an error (a startup check) uses the initializer.
+    ///
+    /// - Throws: only what can be known without the target: `.configuration` (the settings),
+    ///   `.contextCreation`.
+    public static func loggingInInBackground(url: ISCSIURL, login settings: ISCSILoginSettings, queue: DispatchQueue,
+                                             maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
+                                             recovery: ISCSIRecoveryPolicy = .default,
+                                             poller: FDPoller? = nil) throws(ISCSIError) -> ISCSISession {
+        checkArguments(queue: queue, maxOutstanding: maxOutstanding, poller: poller)
+        let isid = isid ?? ISCSIISID.next()
+        let login = try settings.resolved(for: url)
+        // What makes a context fail fails every attempt: say so now, not in a retry loop.
+        iscsi_destroy_context(try makeContext(url: url, login: login, isid: isid))
+        return ISCSISession(url: url, settings: settings, login: login, queue: queue, maxOutstanding: maxOutstanding,
+                            isid: isid, recovery: recovery, poller: poller, loggedIn: nil)
+    }
+
+    private static func checkArguments(queue: DispatchQueue, maxOutstanding: Int, poller: FDPoller?) {
+        precondition((1...65536).contains(maxOutstanding), "maxOutstanding must be 1...65536")
+        precondition(poller == nil || poller!.queue === queue, "the poller must serve the session's queue")
+        precondition(Self.iovecLayoutMatches, "struct scsi_iovec does not match struct iovec")
+    }
+
+    /// `loggedIn`: the context of a synchronous login, or nil to log in in the background.
+    private init(url: ISCSIURL, settings: ISCSILoginSettings, login: ResolvedLogin, queue: DispatchQueue,
+                 maxOutstanding: Int, isid: ISCSIISID, recovery: ISCSIRecoveryPolicy, poller: FDPoller?,
+                 loggedIn context: OpaquePointer?) {
         self.url = url
         self.initiatorName = settings.initiatorName
         self.loginSettings = settings
@@ -151,15 +192,25 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         let now = Self.monotonicNow()
         self.lastHeard = now
         self.nextKeepalive = now + recovery.keepaliveInterval
+        self.linkUp = context != nil
+        self.firstLoginPending = context == nil
         self.slots = UnsafeMutablePointer<CommandSlot>.allocate(capacity: maxOutstanding)
         let owner = Unmanaged.passUnretained(self)
         for token in 0..<maxOutstanding {
             (slots + token).initialize(to: CommandSlot(owner: owner, token: token))
         }
         queue.setSpecific(key: onQueueKey, value: 1)
-        Log.info("iscsi: logged in to \(url) \(login.summary) isid \(isid)")
-        // A poller's registrations are made on its queue (Dispatch sources can be made anywhere).
-        if poller != nil { onQueue { startEvents() } } else { startEvents() }
+        if context != nil {
+            Log.info("iscsi: logged in to \(url) \(login.summary) isid \(isid)")
+            // A poller's registrations are made on its queue (Dispatch sources can be made anywhere).
+            if poller != nil { onQueue { startEvents() } } else { startEvents() }
+        } else {
+            // The first attempt's context and its sources belong to the queue.
+            onQueue {
+                startEvents()
+                startFirstLogin()
+            }
+        }
     }
 
     deinit {
@@ -174,10 +225,12 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         return slots[token].state != .idle
     }
 
-    /// Completes every outstanding command with `.aborted`, then logs out (waiting at most
-    /// about 5 s for the target) and destroys the libiscsi context. Idempotent. Commands are
-    /// completed before `close` returns; task-management functions still waiting for the
-    /// target are answered `.failed`. Safe to call from a completion or a reply.
+    /// Completes every outstanding command with `.aborted`, then hands the libiscsi context to
+    /// a background logout (`BackgroundLogout`: the target gets its logout if it answers within
+    /// 5 s, then the connection is dropped) and returns without waiting for the target.
+    /// Idempotent. Commands are completed before `close` returns; task-management functions
+    /// still waiting for the target are answered `.failed`. Safe to call from a completion or
+    /// a reply. `ISCSISession.waitForBackgroundLogouts` waits for the logouts (process exit).
     public func close() {
         guard !closed else { return }
         closed = true
@@ -188,33 +241,30 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         if libiscsiDepth > 0 { finishClosePending = true } else { finishClose() }
     }
 
-    /// Logs out and destroys the context. Runs once, outside any libiscsi call.
+    /// Lets go of the context: logged in, it goes to a background logout; otherwise (closed
+    /// during an outage or before the first login) it is destroyed at once, which sends nothing.
+    /// Runs once, outside any libiscsi call.
     func finishClose() {
         guard !tearingDown else { return }
-        guard let ctx = context else {
-            // Closed during an outage, between reconnect attempts: nothing to log out of.
-            tearingDown = true
-            cancelOutstanding(outcome: .aborted) { _ in true }
-            answerPendingTaskManagement(.failed)
-            Log.info("iscsi: closed session to \(url)")
-            return
-        }
         tearingDown = true
-        iscsi_set_noautoreconnect(ctx, 1)
-        if linkUp, iscsi_is_logged_in(ctx) != 0 {
-            // Only PDUs created from now on get this timeout: the logout below.
-            iscsi_set_timeout(ctx, 5)
+        if let ctx = context {
+            context = nil
+            iscsi_set_noautoreconnect(ctx, 1)
             libiscsiDepth += 1
-            let rc = iscsi_logout_sync(ctx)
+            if linkUp, iscsi_is_logged_in(ctx) != 0 {
+                // Every PDU that calls back into this session (commands, orphaned tasks, task
+                // management) is called back CANCELLED now, while the session is alive; after
+                // this the context holds nothing of the session's and may outlive it.
+                iscsi_scsi_cancel_all_tasks(ctx)
+                BackgroundLogout.start(ctx, url: url)
+            } else {
+                // Calls back every PDU still queued with SCSI_STATUS_CANCELLED.
+                iscsi_destroy_context(ctx)
+            }
             libiscsiDepth -= 1
-            if rc != 0 { Log.warning("iscsi: logout from \(url) failed: \(lastError(ctx))") }
         }
-        // Destroying calls back every PDU still queued with SCSI_STATUS_CANCELLED.
-        libiscsiDepth += 1
-        iscsi_destroy_context(ctx)
-        libiscsiDepth -= 1
-        context = nil
-        // Anything libiscsi did not call back is completed here; its task is ours to free.
+        // Anything libiscsi did not call back is completed here; its task is ours to free
+        // (no libiscsi queue holds it any more).
         cancelOutstanding(outcome: .aborted) { _ in true }
         for task in orphanedTasks { scsi_free_scsi_task(task) }
         orphanedTasks.removeAll()

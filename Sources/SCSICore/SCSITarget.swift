@@ -157,7 +157,8 @@ public protocol SCSITargetSession: AnyObject {
 public enum SCSISessionLink: Sendable, Equatable {
     /// Logged in.
     case up
-    /// The connection was lost and the session is logging in again; commands wait.
+    /// The connection was lost and the session is logging in again, or it has not logged in
+    /// yet; commands wait.
     case reconnecting
     /// Lost for longer than the outage timeout: commands fail until the target is back.
     case failing
@@ -177,16 +178,22 @@ public struct SCSISessionCounters: Sendable, Equatable {
     public var connectionLosses: UInt64
     /// Commands completed with `.transportFailure`.
     public var commandFailures: UInt64
+    /// Failed attempts of a first login made in the background (a session that returned
+    /// before it logged in).
+    public var loginFailures: UInt64
 
-    public init(reconnects: UInt64 = 0, connectionLosses: UInt64 = 0, commandFailures: UInt64 = 0) {
+    public init(reconnects: UInt64 = 0, connectionLosses: UInt64 = 0, commandFailures: UInt64 = 0,
+                loginFailures: UInt64 = 0) {
         self.reconnects = reconnects
         self.connectionLosses = connectionLosses
         self.commandFailures = commandFailures
+        self.loginFailures = loginFailures
     }
 
     public static func + (a: SCSISessionCounters, b: SCSISessionCounters) -> SCSISessionCounters {
         SCSISessionCounters(reconnects: a.reconnects &+ b.reconnects,
                             connectionLosses: a.connectionLosses &+ b.connectionLosses,
-                            commandFailures: a.commandFailures &+ b.commandFailures)
+                            commandFailures: a.commandFailures &+ b.commandFailures,
+                            loginFailures: a.loginFailures &+ b.loginFailures)
     }
 }

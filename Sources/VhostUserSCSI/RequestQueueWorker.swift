@@ -412,7 +412,7 @@ final class RequestQueueWorker: SCSICompletionSink, @unchecked Sendable {
             let link = session?.link
             return LUNStatistics(target: unit.address.target, lun: unit.address.lun, reconnects: counted.reconnects,
                                  connectionLosses: counted.connectionLosses, commandFailures: counted.commandFailures,
-                                 loginFailures: loginFailures[unit.id], sessionsUp: link == .up ? 1 : 0,
+                                 loginFailures: loginFailures[unit.id] &+ counted.loginFailures, sessionsUp: link == .up ? 1 : 0,
                                  sessionsReconnecting: link == .reconnecting ? 1 : 0, sessionsFailing: link == .failing ? 1 : 0)
         }
         statisticsCell.publish(QueueStatistics(queue: 0, counters: meters.counters, inFlight: inFlight, luns: luns))

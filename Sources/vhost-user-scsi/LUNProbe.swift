@@ -20,7 +20,9 @@ struct LUNProbe {
     static func run(_ url: ISCSIURL, login: LoginSettings) throws -> LUNProbe {
         let queue = DispatchQueue(label: "probe")
         return try queue.sync {
-            let session = try login.makeSession(url: url, queue: queue, maxOutstanding: 1)
+            // A synchronous login: an unreachable target or a refused login is an error here.
+            let session = try ISCSISession(url: url, login: login.iscsi, queue: queue, maxOutstanding: 1,
+                                           recovery: login.recovery)
             defer { session.close() }
             let inquiry = try session.inquiry()
             guard inquiry.peripheralType & 0xE0 == 0 else {
@@ -44,10 +46,12 @@ struct LoginSettings: Sendable {
     var iscsi: ISCSILoginSettings
     var recovery: ISCSIRecoveryPolicy
 
-    /// On a request queue the session's socket is watched by that queue's poller thread
-    /// (VirtioSCSIDevice attaches one); elsewhere (probes) by Dispatch sources.
+    /// A request queue's session. It returns at once and logs in in the background, so a
+    /// target that is down when the rings start does not stall the queue's other LUNs; its
+    /// commands are held meanwhile, as during an outage. The socket is watched by the queue's
+    /// poller thread (VirtioSCSIDevice attaches one).
     func makeSession(url: ISCSIURL, queue: DispatchQueue, maxOutstanding: Int) throws -> ISCSISession {
-        try ISCSISession(url: url, login: iscsi, queue: queue, maxOutstanding: maxOutstanding, recovery: recovery,
-                         poller: FDPoller.attached(to: queue))
+        try ISCSISession.loggingInInBackground(url: url, login: iscsi, queue: queue, maxOutstanding: maxOutstanding,
+                                               recovery: recovery, poller: FDPoller.attached(to: queue))
     }
 }

@@ -92,6 +92,8 @@ enum Server {
                 control?.shutdown()
                 // Every controller at once: each waits for its own frontend's in-flight I/O.
                 DispatchQueue.concurrentPerform(iterations: controllers.count) { controllers[$0].shutdown() }
+                // Closing a session does not wait for its logout; targets that answer get it now.
+                ISCSISession.waitForBackgroundLogouts(timeout: 6)
                 Log.info("shut down cleanly")
                 exit(0)
             }

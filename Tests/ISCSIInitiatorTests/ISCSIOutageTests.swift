@@ -7,11 +7,12 @@ import ServerLog
 
 /// Target outages against a tgtd of each test's own: restarted, killed for longer than the
 /// outage timeout, stopped (SIGSTOP) without closing its connections. Every wait is bounded.
+/// Sessions that log in in the background and closes that do not wait: ISCSIAsyncSessionTests.swift.
 final class ISCSIOutageTests: XCTestCase, SessionDrivingTestCase {
-    private var daemon: TargetDaemon!
+    var daemon: TargetDaemon!
     var queue: DispatchQueue!
-    private var sink: RecordingSink!
-    private var sessions: [ISCSISession] = []
+    var sink: RecordingSink!
+    var sessions: [ISCSISession] = []
     var buffers: [IOBuffers] = []
 
     override func setUpWithError() throws {
@@ -30,7 +31,7 @@ final class ISCSIOutageTests: XCTestCase, SessionDrivingTestCase {
         buffers = []
     }
 
-    private func connect(_ policy: ISCSIRecoveryPolicy, url: String? = nil) throws -> ISCSISession {
+    func connect(_ policy: ISCSIRecoveryPolicy, url: String? = nil) throws -> ISCSISession {
         let session = try ISCSISession(url: try ISCSIURL(parsing: url ?? daemon.url),
                                        initiatorName: "iqn.2024-01.test.iscsiinitiator:outage",
                                        queue: queue, maxOutstanding: 64, recovery: policy)
@@ -47,7 +48,7 @@ final class ISCSIOutageTests: XCTestCase, SessionDrivingTestCase {
 
     /// Polls `condition` every 50 ms for at most `timeout` seconds; returns the seconds it took.
     @discardableResult
-    private func waitUntil(_ what: String, timeout: Double, file: StaticString = #filePath, line: UInt = #line,
+    func waitUntil(_ what: String, timeout: Double, file: StaticString = #filePath, line: UInt = #line,
                            _ condition: () -> Bool) -> Double? {
         let start = Date()
         while !condition() {
@@ -60,14 +61,14 @@ final class ISCSIOutageTests: XCTestCase, SessionDrivingTestCase {
         return Date().timeIntervalSince(start)
     }
 
-    private static func isUnitAttention(_ c: RecordedCompletion) -> Bool {
+    static func isUnitAttention(_ c: RecordedCompletion) -> Bool {
         c.outcome == .completed && c.status == .checkCondition && c.sense.count > 2 && c.sense[2] & 0x0F == 6
     }
 
     /// Waits for a completion of `token` beyond the `before` ones it already had; a UNIT
     /// ATTENTION is retried as a SCSI initiator would. Returns the final completion and how
     /// many unit attentions were seen.
-    private func completeRetryingUnitAttention(_ session: ISCSISession, token: Int, before: Int = 0, timeout: Double,
+    func completeRetryingUnitAttention(_ session: ISCSISession, token: Int, before: Int = 0, timeout: Double,
                                                resubmit: () -> Void) -> (RecordedCompletion?, Int) {
         var unitAttentions = 0
         var seen = before

@@ -21,6 +21,10 @@ final class TCPRelay: @unchecked Sendable {
     private static let recordLimit = 8 << 20
 
     init(targetPort: Int) throws {
+        // `stop` closes connections a background logout may still write to (libiscsi writes
+        // with writev): EPIPE, not a SIGPIPE that kills the test process. The server ignores
+        // SIGPIPE the same way.
+        signal(SIGPIPE, SIG_IGN)
         self.targetPort = targetPort
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestError("relay: socket failed: errno \(errno)") }
@@ -152,6 +156,8 @@ struct ISCSIStreamReport {
     var loginKeys: [String] = []
     /// PDUs after the login.
     var fullFeaturePDUs = 0
+    /// Their opcodes (RFC 7143 §11.1.1), in order.
+    var fullFeatureOpcodes: [UInt8] = []
     /// Of those, how many carried a header digest that did not match.
     var badDigests = 0
 
@@ -170,6 +176,7 @@ struct ISCSIStreamReport {
             guard end <= bytes.count else { break }
             if loggedIn {
                 fullFeaturePDUs += 1
+                fullFeatureOpcodes.append(opcode)
                 if headerDigest {
                     let d = p + 48 + ahs
                     let sent = UInt32(bytes[d]) | UInt32(bytes[d + 1]) << 8 | UInt32(bytes[d + 2]) << 16 | UInt32(bytes[d + 3]) << 24
