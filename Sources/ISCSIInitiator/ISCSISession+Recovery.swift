@@ -186,7 +186,15 @@ extension ISCSISession {
         context = ctx
         Log.debug("iscsi: reconnect attempt \(number) to \(url)")
         let me = Unmanaged.passUnretained(self).toOpaque()
-        let rc = withLibiscsi { iscsi_connect_async(ctx, url.portal, attemptConnectCallback, me) }
+        let rc = withLibiscsi {
+            firstLoginPending
+                // A first login checks the LUN and clears the new I_T nexus's unit attention
+                // (POWER ON OCCURRED, SAM-5 §5.14) with TEST UNIT READY, as the synchronous
+                // login does: the guest saw no reset. A reconnect leaves the target's unit
+                // attentions to the guest (the target may really have been reset).
+                ? iscsi_full_connect_async(ctx, url.portal, Int32(url.lun), attemptLoginCallback, me)
+                : iscsi_connect_async(ctx, url.portal, attemptConnectCallback, me)
+        }
         if rc != 0, self.attempt === attempt, attempt.result == nil {
             attempt.result = .failed(lastError(ctx))
             handleRecoveryEvents()
