@@ -51,24 +51,11 @@ final class BackgroundLogout: @unchecked Sendable {
         }
     }
 
-    /// Polls the socket until the logout ends or `deadline` passes, then destroys the context.
+    /// Drives the logout until it ends or `deadline` passes, then destroys the context.
     private func run(deadline: Double) {
-        while !finished {
-            let left = deadline - ISCSISession.monotonicNow()
-            if left <= 0 {
-                failure = "no answer within the logout timeout"
-                break
-            }
-            var pfd = pollfd(fd: iscsi_get_fd(context), events: Int16(truncatingIfNeeded: iscsi_which_events(context)),
-                             revents: 0)
-            guard pfd.fd >= 0 else { failure = "the connection is gone"; break }
-            let ready = poll(&pfd, 1, Int32(min(100, max(1, left * 1000))))
-            if ready < 0 && errno != EINTR { failure = "poll failed: errno \(errno)"; break }
-            let revents = ready > 0 ? Int32(pfd.revents) : 0
-            if iscsi_service(context, revents) < 0 && !finished {
-                failure = ISCSISession.errorText(context)
-                break
-            }
+        if let reason = ISCSISession.drive(context, until: deadline, timedOut: "no answer within the logout timeout",
+                                           finished: { finished }) {
+            failure = reason
         }
         // Calls the logout callback (CANCELLED) if it has not run; `self` is still alive.
         iscsi_destroy_context(context)

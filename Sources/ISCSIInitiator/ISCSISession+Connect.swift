@@ -125,30 +125,39 @@ extension ISCSISession {
         }, statePointer)
         guard rc == 0 else { return errorText(ctx) }
         // Login PDUs time out after `timeout`; this bounds the whole exchange in case they don't.
-        let deadline = monotonicSeconds() + Double(max(timeout, 1) * 2 + 20)
-        while !state.finished {
-            if monotonicSeconds() > deadline { return "no answer within \(max(timeout, 1) * 2 + 20) s" }
-            var pfd = pollfd(fd: iscsi_get_fd(ctx), events: Int16(truncatingIfNeeded: iscsi_which_events(ctx)), revents: 0)
-            let ready = pfd.fd < 0 || pfd.events == 0 ? 0 : poll(&pfd, 1, 100)
-            if ready < 0 && errno != EINTR { return "poll failed: errno \(errno)" }
-            if pfd.fd < 0 || pfd.events == 0 { usleep(100_000) }
-            let revents = ready > 0 ? Int32(pfd.revents) : 0
-            if iscsi_service(ctx, revents) < 0 && !state.finished {
-                return errorText(ctx)
-            }
+        let bound = max(timeout, 1) * 2 + 20
+        if let reason = drive(ctx, until: monotonicNow() + Double(bound), timedOut: "no answer within \(bound) s",
+                              finished: { state.finished }) {
+            return reason
         }
         return state.failure.map { $0.isEmpty ? "unknown error" : $0 }
+    }
+
+    /// Drives `ctx` with poll(2) on the calling thread until `finished()` holds or `deadline`
+    /// (monotonic seconds) passes, for the exchanges no queue watches: a synchronous login and
+    /// a closed session's background logout. Returns nil once finished, else why not:
+    /// `timedOut`, a poll failure, or libiscsi's error.
+    static func drive(_ ctx: OpaquePointer, until deadline: Double, timedOut: String,
+                      finished: () -> Bool) -> String? {
+        while !finished() {
+            let left = deadline - monotonicNow()
+            if left <= 0 { return timedOut }
+            let wait = Int32(min(100, max(1, left * 1000)))
+            var pfd = pollfd(fd: iscsi_get_fd(ctx), events: Int16(truncatingIfNeeded: iscsi_which_events(ctx)), revents: 0)
+            // No socket yet, or nothing to wait for: libiscsi still wants to be called.
+            let idle = pfd.fd < 0 || pfd.events == 0
+            let ready = idle ? 0 : poll(&pfd, 1, wait)
+            if ready < 0 && errno != EINTR { return "poll failed: errno \(errno)" }
+            if idle { usleep(UInt32(wait) * 1000) }
+            let revents = ready > 0 ? Int32(pfd.revents) : 0
+            if iscsi_service(ctx, revents) < 0 && !finished() { return errorText(ctx) }
+        }
+        return nil
     }
 
     static func errorText(_ ctx: OpaquePointer) -> String {
         let text = iscsi_get_error(ctx).map { String(cString: $0) } ?? ""
         return text.isEmpty ? "unknown error" : text
-    }
-
-    private static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     /// Sends libiscsi's own messages to `Log` at debug level, and only when debug is on:
