@@ -13,19 +13,6 @@ public struct SystemError: Error, CustomStringConvertible {
     public var description: String { "\(operation): \(String(cString: strerror(errno)))" }
 }
 
-/// Retries `body` while it fails with EINTR; returns its result or throws the errno.
-@inlinable @inline(__always)
-public func retryingInterrupts<T: FixedWidthInteger>(_ operation: @autoclosure () -> String,
-                                                     _ body: () -> T) throws(SystemError) -> T {
-    while true {
-        let result = body()
-        if result >= 0 { return result }
-        let err = Glibc.errno
-        if err == EINTR { continue }
-        throw SystemError(errno: err, operation())
-    }
-}
-
 /// Closes an fd we own, ignoring EINTR (Linux closes the fd anyway; see close(2)).
 @inlinable @inline(__always)
 public func closeOwned(_ fd: Int32) {

@@ -47,12 +47,8 @@ enum Bench {
     }
 
     static func describe(_ error: Error, _ options: BenchOptions) -> String {
-        if let e = error as? SystemError {
-            if e.errno == ECONNREFUSED || e.errno == ENOENT {
-                return "cannot connect to \(options.socket): \(String(cString: strerror(e.errno)))"
-            }
-            return e.description
-        }
+        // A failed connect already reads "cannot connect to SOCKET: reason" (UnixSocket.connect).
+        if let e = error as? SystemError { return e.description }
         if let e = error as? VhostUserFrontend.Error { return "\(options.socket): \(e.description)" }
         return "\(error)"
     }
