@@ -12,8 +12,8 @@ cd "$root"
 
 "$here/install-deps.sh"
 echo "== building the server (release)" >&2
-swift build -c release --product vhost-user-scsi 2>&1 | tail -1
-server="$(swift build -c release --show-bin-path)/vhost-user-scsi"
+swift build -c release --static-swift-stdlib --product vhost-user-scsi 2>&1 | tail -1
+server="$(swift build -c release --static-swift-stdlib --show-bin-path)/vhost-user-scsi"
 echo "== building the guest image" >&2
 "$here/build-guest.sh" "$root/guest/out" >&2
 

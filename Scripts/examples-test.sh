@@ -13,6 +13,8 @@
 #              <qemu:commandline> start QEMU (paused) on the server: the vhost-user-scsi-pci
 #              device exists with the expected num_queues (QMP) and the server saw the frontend
 #   libvirt    Examples/libvirt-domain.xml is well-formed and valid for libvirt's schema
+#   install    the binaries need no Swift runtime on the host (built with --static-swift-stdlib,
+#              as Docs/OPERATIONS.md installs them)
 #   man        Docs/vhost-user-scsi.8 renders without warnings and names every option the
 #              server's --help prints
 #   migration  the steps of Examples/MIGRATION.md on one machine: two servers on one LUN, the
@@ -20,7 +22,8 @@
 #              (the VM is paused: Scripts/migrate-test.sh migrates a guest under I/O)
 #
 # Usage: Scripts/examples-test.sh BIN_DIR [--qemu PATH]
-#   BIN_DIR    the build's bin directory, with vhost-user-scsi (swift build -c release --show-bin-path)
+#   BIN_DIR    the build's bin directory, with vhost-user-scsi and vhost-user-scsi-ctl
+#              (swift build -c release --static-swift-stdlib --show-bin-path)
 #   --qemu     QEMU binary for the examples (default qemu-system-x86_64)
 # Prints one PASS/FAIL line per check (SKIP for a check this build cannot run yet), then
 # "N passed, M failed"; exits 1 if anything failed, 2 on a usage error.
@@ -384,6 +387,16 @@ EOF
 else
     skip unit_execstart_runs "(this server's --help has no --config yet: the unit's ExecStart needs it)"
 fi
+
+# ---- install: what Docs/OPERATIONS.md step 2 copies to a host ----------------------------------
+# Built with --static-swift-stdlib, the binaries need no Swift toolchain on the host: only Debian
+# libraries (libiscsi7 and the C/C++ runtimes).
+for program in vhost-user-scsi vhost-user-scsi-ctl; do
+    libs=$(ldd "$bin_dir/$program" 2>&1 | awk '{print $1}' | tr '\n' ' ')
+    swift_libs=$(tr ' ' '\n' <<<"$libs" | grep -E 'libswift|libdispatch|libFoundation|libBlocksRuntime' | tr '\n' ' ')
+    check "install_${program//-/_}_needs_no_swift_runtime" "$([[ -n $libs && -z $swift_libs ]]; echo $?)" \
+        "(links: $libs${swift_libs:+; build with --static-swift-stdlib, Docs/OPERATIONS.md step 2})"
+done
 
 # ---- man page -----------------------------------------------------------------------------------
 page=$root/Docs/vhost-user-scsi.8

@@ -20,7 +20,8 @@
 #   load generator       vhost-user-scsi-bench --verify against the server
 #   security             Scripts/security-test.sh: CHAP and mutual CHAP from secret files and the
 #                        environment against a tgtd that demands them, I/O verified through them
-# The server is built once in release mode for all end-to-end runs. Each part prints its own
+# The server is built once in release mode, with the Swift runtime linked in, for all
+# end-to-end runs. Each part prints its own
 # "N passed, M failed"; the last line sums them up.
 #
 # Usage: Scripts/test.sh            (VUS_FUZZ_SECONDS, default 30 per target)
@@ -77,9 +78,11 @@ wait "$guest_pid" || { cat "$logs/build-guest.log"; exit 1; }
 wait "$qemu10_pid" || { cat "$logs/qemu10.log"; exit 1; }
 qemu10=$(tail -1 "$logs/qemu10.log")
 
+# With the Swift runtime linked in, as Docs/OPERATIONS.md installs it: the end-to-end suites
+# test the binary operators run.
 echo "== release build" >&2
-swift build -c release 2>&1 | tail -1
-bin=$(swift build -c release --show-bin-path)
+swift build -c release --static-swift-stdlib 2>&1 | tail -1
+bin=$(swift build -c release --static-swift-stdlib --show-bin-path)
 debug_bin=$(swift build --show-bin-path)/vhost-user-scsi
 swift build --product vhost-user-scsi 2>&1 | tail -1
 
