@@ -65,7 +65,7 @@ enum Server {
             exporter?.stop()
             fail("\(error)", status: 1)
         }
-        Log.info("initiator \(login.iscsi); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "
+        Log.info("\(login.iscsi); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "
                  + "keep-alive " + (configuration.keepaliveSeconds == 0 ? "off" : "every \(configuration.keepaliveSeconds) s"))
         installSignalHandlers(controllers: controllers, control: control)
         // After the handlers: a systemd unit of Type=notify is "active" from here on.
