@@ -100,6 +100,7 @@ enum Options {
         var configuration = ServerConfiguration()
         for (name, value) in pairs where name == "config" {
             try ConfigurationFile.load(path: value!, into: &configuration)
+            configuration.configurationFiles.append(value!)
         }
         let fromFile = configuration.controllers.count
         for (name, value) in pairs where name != "config" {
