@@ -93,9 +93,9 @@ ok = (luns["vm1"] == [{"address": "0:0", "url": sys.argv[2]}, {"address": "0:1",
 sys.exit(0 if ok else 1)' "$work/dumped.json" "$(url 1)" "$(url 3)" "$(url 2)" "$work/control.sock"; echo $?)" \
         "exit $rc: $(tr -d ' \n' <"$work/dumped.json" | head -c 600) $(cat "$work/ctl.out")"
     check ctl_config_no_secret "$(! grep -qiE '%|secret|password' "$work/dumped.json"; echo $?)"
-    python3 - "$work" <"$work/dumped.json" >"$work/check.json" <<'PY'
+    python3 - "$work" "$work/dumped.json" >"$work/check.json" <<'PY'
 import json, sys
-c = json.load(sys.stdin)
+c = json.load(open(sys.argv[2]))
 c["control_socket"] = sys.argv[1] + "/check-control.sock"
 c.pop("metrics_listen", None)
 for controller in c["controllers"]:
@@ -104,7 +104,10 @@ json.dump(c, sys.stdout)
 PY
     "$bin/vhost-user-scsi" --config "$work/check.json" >"$work/check.log" 2>&1 &
     check_pid=$!
-    for _ in $(seq 300); do [ -S "$work/check-control.sock" ] || ! kill -0 "$check_pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 300); do
+        { [ -S "$work/check-control.sock" ] || ! kill -0 "$check_pid" 2>/dev/null; } && break
+        sleep 0.1
+    done
     "$bin/vhost-user-scsi-ctl" --control-socket "$work/check-control.sock" --json list >"$work/check-list.json" 2>&1
     check config_starts_a_server "$(python3 -c '
 import json, sys
