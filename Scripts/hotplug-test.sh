@@ -3,7 +3,9 @@
 # configuration file, one guest with a vhost-user-scsi-pci device on each; while the guest
 # runs, vhost-user-scsi-ctl adds a LUN, grows it and removes it, and the guest sees each
 # change through the virtio-scsi event queue (guest workload "hotplug", Docs/GUEST.md).
-# Also checks the control socket's answers, `stats` and the Prometheus endpoint.
+# Also checks the control socket's answers, `stats` and the Prometheus endpoint, that
+# `ctl config` writes a configuration the server accepts, and that SIGHUP applies a changed
+# configuration file's LUNs (and survives a broken one) without a restart.
 #
 # Usage: Scripts/hotplug-test.sh BIN_DIR [WORKDIR]
 #   BIN_DIR holds vhost-user-scsi and vhost-user-scsi-ctl (e.g. swift build -c release --show-bin-path)
@@ -55,8 +57,9 @@ wait_for_line() {
 
 "$here/build-guest.sh" "$root/guest/out" >&2
 mkdir -p "$work/tgt"
-# LUN 3 is the one added at runtime; it grows from 32 to 48 MiB.
-"$here/tgt.sh" start "$work/tgt" "$port" "$ctlport" "$iqn" vm1.img:64 vm2.img:32 extra.img:32 >&2
+# LUN 3 is the one added at runtime; it grows from 32 to 48 MiB. LUN 4 is added to vm2 by
+# editing the configuration file and sending SIGHUP.
+"$here/tgt.sh" start "$work/tgt" "$port" "$ctlport" "$iqn" vm1.img:64 vm2.img:32 extra.img:32 reload.img:16 >&2
 
 cat >"$work/config.json" <<JSON
 {
@@ -73,6 +76,56 @@ JSON
 server_pid=$!
 for _ in $(seq 100); do [ -S "$work/control.sock" ] && break; sleep 0.1; done
 [ -S "$work/control.sock" ] || { cat "$work/server.log"; echo "hotplug: server did not start"; exit 1; }
+
+# `ctl config` (the running configuration in the file's format) has the LUN added at runtime,
+# no secret, and is a configuration the server itself accepts: a second server started from it
+# (its sockets moved) probes every LUN and comes up. Checked while the first one serves.
+check_config_command() {
+    local rc check_pid
+    ctl config >"$work/dumped.json" 2>"$work/ctl.out"; rc=$?
+    check ctl_config "$(python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1]))
+luns = {x["name"]: x["luns"] for x in c["controllers"]}
+ok = (luns["vm1"] == [{"address": "0:0", "url": sys.argv[2]}, {"address": "0:1", "url": sys.argv[3]}]
+      and luns["vm2"] == [{"address": "0:0", "url": sys.argv[4]}]
+      and c["control_socket"] == sys.argv[5] and "initiator_name" not in c)
+sys.exit(0 if ok else 1)' "$work/dumped.json" "$(url 1)" "$(url 3)" "$(url 2)" "$work/control.sock"; echo $?)" \
+        "exit $rc: $(tr -d ' \n' <"$work/dumped.json" | head -c 600) $(cat "$work/ctl.out")"
+    check ctl_config_no_secret "$(! grep -qiE '%|secret|password' "$work/dumped.json"; echo $?)"
+    python3 - "$work" "$work/dumped.json" >"$work/check.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[2]))
+c["control_socket"] = sys.argv[1] + "/check-control.sock"
+c.pop("metrics_listen", None)
+for controller in c["controllers"]:
+    controller["socket"] = sys.argv[1] + "/check-" + controller["name"] + ".sock"
+json.dump(c, sys.stdout)
+PY
+    "$bin/vhost-user-scsi" --config "$work/check.json" >"$work/check.log" 2>&1 &
+    check_pid=$!
+    for _ in $(seq 300); do
+        { [ -S "$work/check-control.sock" ] || ! kill -0 "$check_pid" 2>/dev/null; } && break
+        sleep 0.1
+    done
+    "$bin/vhost-user-scsi-ctl" --control-socket "$work/check-control.sock" --json list >"$work/check-list.json" 2>&1
+    check config_starts_a_server "$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+luns = [[l["address"] for l in c["luns"]] for c in r["controllers"]]
+sys.exit(0 if luns == [["0:0", "0:1"], ["0:0"]] else 1)' "$work/check-list.json"; echo $?)" \
+        "$(cat "$work/check-list.json"; tail -n 3 "$work/check.log")"
+    kill -TERM "$check_pid" 2>/dev/null
+    wait "$check_pid"; rc=$?
+    check config_server_stops "$([ $rc = 0 ]; echo $?)" "exit $rc"
+}
+
+# reload_and_wait NAME PATTERN: SIGHUP the server and wait for PATTERN in its log.
+reload_and_wait() {
+    kill -HUP "$server_pid"
+    wait_for_line "$work/server.log" "$2" 60
+    check "$1" "$?" "$(grep -E 'reload' "$work/server.log" | tail -n 4 | tr '\n' '|')"
+}
 
 set +e
 listed=$(ctl --json list)
@@ -103,6 +156,7 @@ if wait_for_line "$work/guest.log" "VUS-INFO hotplug: ready" 300; then
     check ctl_add_lun "$rc" "$(cat "$work/ctl.out")"
     ctl --json list vm1 | grep -q '"address":"0:1"'
     check list_shows_added "$?"
+    check_config_command
     if wait_for_line "$work/guest.log" "VUS-INFO hotplug: added|hotplug_added FAIL" 150; then
         # Grow the LUN at the target: tgtd reads a backing file's size when the LUN is created.
         truncate -s 48M "$work/tgt/extra.img"
@@ -145,6 +199,38 @@ import json, sys
 c = json.load(open(sys.argv[1]))["controllers"][0]
 sys.exit(0 if c["name"] == "vm1" and c["totals"]["requests"]["read"] > 0 and c["totals"]["bytes_written"] > 0 else 1)' "$work/stats.json"; echo $?)" \
     "$(ctl stats vm1 | head -1)"
+
+# SIGHUP: vm2 gets LUN 4 at 0:1 from the file; nothing else changed.
+python3 - "$work/config.json" "$(url 4)" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["controllers"][1]["luns"].append({"address": "0:1", "url": sys.argv[2]})
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
+reload_and_wait reload_adds_lun "reload: 1 added, 0 removed, 2 unchanged, 0 not applied"
+grep -qE "reload: vm2: added 0:1 = $(url 4); guest (delivered|missed)" "$work/server.log"
+check reload_tells_guest "$?" "$(grep 'reload: vm2: added' "$work/server.log")"
+ctl --json list vm2 >"$work/ctl.out" 2>&1
+check reload_list_shows_lun "$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+sys.exit(0 if [(l["address"], l["url"]) for l in r["controllers"][0]["luns"]] == [("0:0", sys.argv[2]), ("0:1", sys.argv[3])] else 1)' \
+    "$work/ctl.out" "$(url 2)" "$(url 4)"; echo $?)" "$(cat "$work/ctl.out")"
+# A global setting is only applied by a restart: named, not applied.
+python3 - "$work/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["keepalive"] = 7
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
+reload_and_wait reload_names_restart_setting "reload: 0 added, 0 removed, 3 unchanged, 1 not applied"
+grep -q "reload: keepalive changed: takes effect at restart" "$work/server.log"
+check reload_restart_warning "$?"
+# A broken file: one error line, nothing changes, the server keeps serving.
+echo '{ "controllers": [ broken' >"$work/config.json"
+reload_and_wait reload_broken_file_logged "reload: .*config.json.*nothing changed"
+ctl --json list vm2 | grep -q '"address":"0:1"'
+check reload_broken_file_keeps_serving "$?"
 
 kill -TERM "$server_pid"
 wait "$server_pid"; rc=$?

@@ -19,6 +19,9 @@ enum Client {
                                         is told and its disk goes away
       resize-lun CONTROLLER T:L         re-read the LUN's capacity; when it changed, the guest is
                                         told and re-reads it
+      config                            the running configuration (current LUNs included) in the
+                                        configuration file's format, to persist runtime changes:
+                                        config > vm1.json.new && mv vm1.json.new vm1.json
       version                           the server's version
 
     Options:
@@ -81,7 +84,7 @@ enum Client {
         }
         switch command {
         case "list", "stats": return .object(try expect(["controller"], optional: 1))
-        case "version": return .object(try expect([]))
+        case "version", "config": return .object(try expect([]))
         case "add-lun": return .object(try expect(["controller", "address", "url"]))
         case "remove-lun", "resize-lun": return .object(try expect(["controller", "address"]))
         default: throw JSONError("unknown command '\(command)'")

@@ -1,4 +1,5 @@
 import ControlProtocol
+import FoundationEssentials
 
 /// Human-readable output of the client; `--json` prints the response instead.
 enum Render {
@@ -7,10 +8,20 @@ enum Render {
         case "list": return list(response)
         case "stats": return stats(response)
         case "version": return response["version"]?.stringValue ?? ""
+        case "config": return configurationFile(response["config"] ?? .null)
         default:
             // Commands that change something: what the server says it did.
             return response["message"]?.stringValue ?? "ok"
         }
+    }
+
+    /// The configuration as a file: pretty JSON, keys sorted (a stable order for diffs); the
+    /// caller's print adds the trailing newline.
+    static func configurationFile(_ configuration: JSONValue) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(configuration) else { return "null" }
+        return String(decoding: data, as: UTF8.self)
     }
 
     private static func list(_ response: JSONValue) -> String {

@@ -9,6 +9,9 @@ import VirtioSCSI
 /// Format: Docs/CONFIGURATION.md.
 struct ServerConfiguration {
     var initiatorName = ISCSILoginSettings.defaultInitiatorName()
+    /// Whether `initiatorName` was given rather than this host's default: only a given one is
+    /// written back by the `config` command (the default differs per host).
+    var initiatorNameIsExplicit = false
     var credentials = CredentialSettings()
     var headerDigest = ISCSIHeaderDigest.preferNone
     var drainTimeoutSeconds = 30
@@ -23,6 +26,8 @@ struct ServerConfiguration {
     /// Where the Prometheus listener serves /metrics; none when nil.
     var metricsListen: ListenAddress?
     var controllers: [ControllerConfiguration] = []
+    /// The files given with --config, in order: what SIGHUP reads again (Server+Reload.swift).
+    var configurationFiles: [String] = []
 
     /// The iSCSI sessions' outage policy (Docs/OUTAGES.md).
     var recoveryPolicy: ISCSIRecoveryPolicy {
@@ -32,7 +37,7 @@ struct ServerConfiguration {
 
 /// CHAP settings as given; the secrets are read when the server starts (never taken from the
 /// command line itself, where `ps` shows them).
-struct CredentialSettings {
+struct CredentialSettings: Equatable {
     var chapUser: String?
     var chapSecret: SecretLocation?
     var mutualChapUser: String?
@@ -73,7 +78,7 @@ extension ServerConfiguration {
 
 /// One virtio-scsi controller: the socket QEMU connects to and the LUNs its guest sees.
 struct ControllerConfiguration {
-    struct LUN {
+    struct LUN: Equatable {
         var address: VirtioSCSIAddress
         var url: ISCSIURL
     }

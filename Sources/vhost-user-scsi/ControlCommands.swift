@@ -9,6 +9,9 @@ import VirtioSCSI
 struct ControlCommands: Sendable {
     let controllers: [Controller]
     let login: LoginSettings
+    /// The configuration the server started with: its global settings are the ones in force
+    /// (the LUNs are read from the controllers, as they are now).
+    let configuration: ServerConfiguration
 
     func handle(_ request: JSONValue) -> JSONValue {
         do {
@@ -23,6 +26,11 @@ struct ControlCommands: Sendable {
                 response = ["controllers": .array(try selected(request).map(describe))]
             case "stats":
                 response = ["controllers": .array(try selected(request).map(statistics))]
+            case "config":
+                // The running configuration in the file's format (Docs/CONFIGURATION.md).
+                var running = configuration
+                running.controllers = controllers.map(\.configuration)
+                do { response = ["config": try running.fileJSON()] } catch { throw ControlError(error.description) }
             case "add-lun":
                 let controller = try controller(named: request["controller"])
                 let address = try address(request)
@@ -58,7 +66,7 @@ struct ControlCommands: Sendable {
         }
     }
 
-    static let commands = ["version", "list", "stats", "add-lun", "remove-lun", "resize-lun"]
+    static let commands = ["version", "list", "stats", "config", "add-lun", "remove-lun", "resize-lun"]
 
     // MARK: - Arguments
 

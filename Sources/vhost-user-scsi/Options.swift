@@ -49,14 +49,21 @@ enum Options {
     Operation (Docs/OPERATIONS.md):
       --config FILE           Read settings and controllers from a JSON file (Docs/CONFIGURATION.md);
                               options on the command line override its settings and add controllers.
+                              SIGHUP reads it again and applies its LUN changes (see Signals).
       --control-socket PATH   Serve the JSON control protocol on PATH (vhost-user-scsi-ctl; Docs/CONTROL.md):
-                              list, statistics, add and remove LUNs at runtime.
+                              list, statistics, add and remove LUNs at runtime; `config` prints the
+                              running configuration in the file's format, to persist such changes.
       --metrics-listen HOST:PORT
                               Serve Prometheus metrics on http://HOST:PORT/metrics (Docs/OBSERVABILITY.md).
       --log-level LEVEL       trace, debug, info, warning or error (default info).
       --log-format FORMAT     text or json (one object per line) on stderr (default text).
       --version               Print the version.
       --help                  Show this text.
+
+    Signals: SIGINT/SIGTERM finish in-flight I/O, log out and exit. SIGHUP (systemctl reload)
+    reads the --config file again, with the same command-line overrides, and adds and removes
+    LUNs of the running controllers to match it; any other change is logged as taking effect
+    at restart, and a file with a mistake is logged and changes nothing.
 
     Exit status: 0 after SIGINT/SIGTERM, 1 on a runtime failure (for example an unreachable
     target), 2 on bad usage or a bad configuration file.
@@ -100,6 +107,7 @@ enum Options {
         var configuration = ServerConfiguration()
         for (name, value) in pairs where name == "config" {
             try ConfigurationFile.load(path: value!, into: &configuration)
+            configuration.configurationFiles.append(value!)
         }
         let fromFile = configuration.controllers.count
         for (name, value) in pairs where name != "config" {

@@ -10,8 +10,10 @@ import ServiceNotify
 enum Server {
     static func main() -> Never {
         let configuration: ServerConfiguration
+        // Kept: a reload (SIGHUP) parses the same arguments again, so precedence is the same.
+        let arguments = Array(CommandLine.arguments.dropFirst())
         do {
-            switch try Options.parse(Array(CommandLine.arguments.dropFirst())) {
+            switch try Options.parse(arguments) {
             case .help:
                 print(Options.usage)
                 exit(0)
@@ -55,7 +57,7 @@ enum Server {
                 exporter = try PrometheusExporter.start(host: address.host, port: address.port, sources: sources)
             }
             if let path = configuration.controlSocket {
-                let commands = ControlCommands(controllers: controllers, login: login)
+                let commands = ControlCommands(controllers: controllers, login: login, configuration: configuration)
                 control = ControlServer(path: path) { commands.handle($0) }
                 try control?.start()
             }
@@ -67,11 +69,18 @@ enum Server {
         }
         Log.info("\(login.iscsi); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "
                  + "keep-alive " + (configuration.keepaliveSeconds == 0 ? "off" : "every \(configuration.keepaliveSeconds) s"))
-        installSignalHandlers(controllers: controllers, control: control)
+        let reloader = ConfigurationReloader(arguments: arguments, running: configuration, controllers: controllers,
+                                             login: login)
+        installSignalHandlers(controllers: controllers, control: control, reloader: reloader)
         // After the handlers: a systemd unit of Type=notify is "active" from here on.
-        ServiceNotify.ready(status: "serving \(controllers.count) controller(s): "
-                            + controllers.map { "\($0.name) (\($0.unitList.count) LUN(s))" }.joined(separator: ", "))
+        ServiceNotify.ready(status: status(of: controllers))
         dispatchMain()
+    }
+
+    /// The service manager's STATUS= line (systemctl status).
+    static func status(of controllers: [Controller]) -> String {
+        "serving \(controllers.count) controller(s): "
+            + controllers.map { "\($0.name) (\($0.unitList.count) LUN(s))" }.joined(separator: ", ")
     }
 
     /// One line on stderr and the exit status; never a stack trace.
@@ -81,8 +90,15 @@ enum Server {
         exit(status)
     }
 
-    private static func installSignalHandlers(controllers: [Controller], control: ControlServer?) {
+    private static func installSignalHandlers(controllers: [Controller], control: ControlServer?,
+                                              reloader: ConfigurationReloader) {
         let queue = DispatchQueue(label: "signals")
+        // SIGHUP only queues the reload: the signal queue stays free for SIGTERM.
+        signal(SIGHUP, SIG_IGN)
+        let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: queue)
+        hangup.setEventHandler { @Sendable in reloader.requestReload() }
+        hangup.resume()
+        signalSources.append(hangup)
         for sig in [SIGINT, SIGTERM] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)

@@ -16,6 +16,7 @@ enum Settings {
                 throw ConfigurationError("--initiator-name: \(error)")
             }
             c.initiatorName = v
+            c.initiatorNameIsExplicit = true
         },
         "chap-user": { c, v throws(ConfigurationError) in c.credentials.chapUser = try nonEmpty("chap-user", v) },
         "chap-secret-file": { c, v throws(ConfigurationError) in

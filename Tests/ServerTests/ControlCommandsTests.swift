@@ -7,7 +7,8 @@ import Testing
 /// to end (Scripts/hotplug-test.sh) and through the device's own tests.
 @Suite struct ControlCommandsTests {
     let commands = ControlCommands(controllers: [], login: LoginSettings(iscsi: ISCSILoginSettings(initiatorName: "iqn.2026-11.test:x"),
-                                                                           recovery: .default))
+                                                                           recovery: .default),
+                                   configuration: ServerConfiguration())
 
     @Test func answersAreOkOrAnError() {
         #expect(commands.handle(.object(["command": .string("version")]))["ok"] == .bool(true))
@@ -19,6 +20,13 @@ import Testing
             #expect(response["ok"] == .bool(false), "\(request.serialized())")
             #expect(response["error"]?.stringValue?.isEmpty == false)
         }
+    }
+
+    @Test func configAnswersWithTheFileFormat() {
+        let response = commands.handle(.object(["command": .string("config")]))
+        #expect(response["ok"] == .bool(true))
+        // Defaults are left out: nothing but the (here empty) controllers.
+        #expect(response["config"] == .object(["controllers": .array([])]))
     }
 
     @Test func jsonRoundTrips() throws {

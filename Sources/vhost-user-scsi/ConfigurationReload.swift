@@ -1,0 +1,150 @@
+import Dispatch
+import Glibc
+import ServerLog
+import ServiceNotify
+
+/// SIGHUP (`systemctl reload`): reads the configuration file again, with the same command
+/// line as at start (so the precedence is the same), and applies what a running server can:
+/// the LUNs of the controllers it serves, by controller name (LUNChanges). Everything else it
+/// names in one warning line each and leaves for a restart. Docs/CONFIGURATION.md, "Reloading".
+final class ConfigurationReloader: Sendable {
+    /// The command line the server was started with (without the program name).
+    let arguments: [String]
+    /// The configuration the server started with: its global settings are still the ones in
+    /// force (a reload never changes them).
+    let running: ServerConfiguration
+    let controllers: [Controller]
+    let login: LoginSettings
+    /// Reloads run here one at a time, in order: a SIGHUP during a reload queues behind it.
+    /// Not the signal queue: a probe of an unreachable target takes ~15 s, and SIGTERM must be
+    /// handled meanwhile.
+    private let queue = DispatchQueue(label: "reload")
+
+    init(arguments: [String], running: ServerConfiguration, controllers: [Controller], login: LoginSettings) {
+        self.arguments = arguments
+        self.running = running
+        self.controllers = controllers
+        self.login = login
+    }
+
+    /// Queues a reload and returns at once.
+    func requestReload() {
+        queue.async { self.reload() }
+    }
+
+    /// What one reload did, for the summary line.
+    struct Outcome: Equatable {
+        var added = 0
+        var removed = 0
+        var unchanged = 0
+        var notApplied = 0
+        var failed = 0
+
+        var summary: String {
+            "reload: \(added) added, \(removed) removed, \(unchanged) unchanged, \(notApplied) not applied"
+                + (failed > 0 ? ", \(failed) failed" : "")
+        }
+    }
+
+    func reload() {
+        guard !running.configurationFiles.isEmpty else {
+            Log.warning("SIGHUP: no configuration file to reload (the server was started without --config)")
+            return
+        }
+        Log.info("SIGHUP: reloading \(running.configurationFiles.joined(separator: ", "))")
+        ServiceNotify.send(["RELOADING=1", "MONOTONIC_USEC=\(Self.monotonicMicroseconds())",
+                            "STATUS=reloading the configuration"])
+        defer { ServiceNotify.ready(status: Server.status(of: controllers)) }
+        let wanted: ServerConfiguration
+        do {
+            guard case .run(let parsed) = try Options.parse(arguments) else {
+                Log.error("reload: the command line no longer starts a server; nothing changed")
+                return
+            }
+            wanted = parsed
+        } catch {
+            Log.error("reload: \(error); nothing changed")
+            return
+        }
+        var outcome = Outcome()
+        for setting in Self.settingsOnlyARestartApplies(running: running, controllers: controllers.map(\.configuration),
+                                                        wanted: wanted) {
+            Log.warning("reload: \(setting): takes effect at restart")
+            outcome.notApplied += 1
+        }
+        for controller in controllers {
+            guard let listed = wanted.controllers.first(where: { $0.name == controller.name }) else { continue }
+            apply(LUNChanges(current: controller.configuration.luns, wanted: listed.luns), to: controller, &outcome)
+        }
+        Log.info(outcome.summary)
+    }
+
+    private func apply(_ changes: LUNChanges, to controller: Controller, _ outcome: inout Outcome) {
+        outcome.unchanged += changes.unchanged
+        for address in changes.removals {
+            do {
+                let (_, guest) = try controller.removeLUN(address: address)
+                outcome.removed += 1
+                Log.info("reload: \(controller.name): removed \(address); guest \(guest.protocolName)")
+            } catch {
+                outcome.failed += 1
+                Log.error("reload: \(controller.name): cannot remove \(address): \(error)")
+            }
+        }
+        for lun in changes.additions {
+            do {
+                let (_, guest) = try controller.addLUN(address: lun.address, url: lun.url, login: login)
+                outcome.added += 1
+                Log.info("reload: \(controller.name): added \(lun.address) = \(lun.url); guest \(guest.protocolName)")
+            } catch {
+                outcome.failed += 1
+                Log.error("reload: \(controller.name): cannot add \(lun.address) = \(lun.url): \(error)")
+            }
+        }
+    }
+
+    /// The changes in `wanted` that a running server does not apply, one phrase each: global
+    /// settings (by file key), controllers added or removed, a controller's socket or queues.
+    static func settingsOnlyARestartApplies(running: ServerConfiguration, controllers: [ControllerConfiguration],
+                                            wanted: ServerConfiguration) -> [String] {
+        var changes: [String] = []
+        let before = running.globalSettingsJSON()
+        let after = wanted.globalSettingsJSON()
+        for key in Set(before.keys).union(after.keys).sorted() where before[key] != after[key] {
+            changes.append("\(key) changed")
+        }
+        for controller in controllers {
+            guard let listed = wanted.controllers.first(where: { $0.name == controller.name }) else {
+                changes.append("controller \(controller.name) removed")
+                continue
+            }
+            if listed.socketPath != controller.socketPath { changes.append("controller \(controller.name): socket changed") }
+            if listed.requestQueues != controller.requestQueues {
+                changes.append("controller \(controller.name): num_queues changed")
+            }
+        }
+        for listed in wanted.controllers where !controllers.contains(where: { $0.name == listed.name }) {
+            changes.append("controller \(listed.name) added")
+        }
+        return changes
+    }
+
+    /// CLOCK_MONOTONIC in µs: systemd's Type=notify-reload wants it with RELOADING=1.
+    private static func monotonicMicroseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+    }
+}
+
+extension Controller {
+    /// What the controller serves now, as a configuration: the `config` command writes it and
+    /// a reload compares the file with it.
+    var configuration: ControllerConfiguration {
+        var configuration = ControllerConfiguration(name: name)
+        configuration.socketPath = socketPath
+        configuration.requestQueues = device.requestQueueCount
+        configuration.luns = unitList.map { ControllerConfiguration.LUN(address: $0.address, url: $0.url) }
+        return configuration
+    }
+}
