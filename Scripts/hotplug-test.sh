@@ -5,7 +5,8 @@
 # change through the virtio-scsi event queue (guest workload "hotplug", Docs/GUEST.md).
 # Also checks the control socket's answers, `stats` and the Prometheus endpoint, that
 # `ctl config` writes a configuration the server accepts, and that SIGHUP applies a changed
-# configuration file's LUNs (and survives a broken one) without a restart.
+# configuration file's LUNs without a restart (the guest sees the added disk) and survives a
+# broken one.
 #
 # Usage: Scripts/hotplug-test.sh BIN_DIR [WORKDIR]
 #   BIN_DIR holds vhost-user-scsi and vhost-user-scsi-ctl (e.g. swift build -c release --show-bin-path)
@@ -127,6 +128,26 @@ reload_and_wait() {
     check "$1" "$?" "$(grep -E 'reload' "$work/server.log" | tail -n 4 | tr '\n' '|')"
 }
 
+# SIGHUP while the guest runs: vm2 gets LUN 4 at 0:1 from the file; nothing else changed.
+# The guest (vus.hotplug_reload=1) must see the disk and do I/O on it.
+reload_adds_lun() {
+    python3 - "$work/config.json" "$(url 4)" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["controllers"][1]["luns"].append({"address": "0:1", "url": sys.argv[2]})
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
+    reload_and_wait reload_adds_lun "reload: 1 added, 0 removed, 2 unchanged, 0 not applied"
+    grep -qE "reload: vm2: added 0:1 = $(url 4); guest delivered" "$work/server.log"
+    check reload_tells_guest "$?" "$(grep 'reload: vm2: added' "$work/server.log")"
+    ctl --json list vm2 >"$work/ctl.out" 2>&1
+    check reload_list_shows_lun "$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+sys.exit(0 if [(l["address"], l["url"]) for l in r["controllers"][0]["luns"]] == [("0:0", sys.argv[2]), ("0:1", sys.argv[3])] else 1)' \
+        "$work/ctl.out" "$(url 2)" "$(url 4)"; echo $?)" "$(cat "$work/ctl.out")"
+}
+
 set +e
 listed=$(ctl --json list)
 check list_two_controllers "$(echo "$listed" | python3 -c '
@@ -145,7 +166,7 @@ ctl --json resize-lun vm1 0:0 >"$work/ctl.out" 2>&1; rc=$?
 check ctl_resize_unchanged "$([ $rc = 0 ] && grep -q '"guest":"unchanged"' "$work/ctl.out"; echo $?)" "$(cat "$work/ctl.out")"
 
 "$here/run-guest.sh" --vhost-user "$work/vm1.sock" --vhost-user "$work/vm2.sock" --num-queues 1 \
-    --workload hotplug --append vus.expect_luns=2 --quiet --timeout 600 --log "$work/guest.log" >"$work/guest.out" 2>&1 &
+    --workload hotplug --append vus.expect_luns=2 --append vus.hotplug_reload=1 --quiet --timeout 600 --log "$work/guest.log" >"$work/guest.out" 2>&1 &
 guest_pid=$!
 
 if wait_for_line "$work/guest.log" "VUS-INFO hotplug: ready" 300; then
@@ -169,6 +190,7 @@ if wait_for_line "$work/guest.log" "VUS-INFO hotplug: ready" 300; then
             check ctl_remove_lun "$rc" "$(cat "$work/ctl.out")"
             ctl --json list vm1 | grep -q '"address":"0:1"'
             check list_omits_removed "$([ $? != 0 ]; echo $?)"
+            wait_for_line "$work/guest.log" "VUS-INFO hotplug: removed" 150 && reload_adds_lun
         fi
     fi
 else
@@ -200,22 +222,6 @@ c = json.load(open(sys.argv[1]))["controllers"][0]
 sys.exit(0 if c["name"] == "vm1" and c["totals"]["requests"]["read"] > 0 and c["totals"]["bytes_written"] > 0 else 1)' "$work/stats.json"; echo $?)" \
     "$(ctl stats vm1 | head -1)"
 
-# SIGHUP: vm2 gets LUN 4 at 0:1 from the file; nothing else changed.
-python3 - "$work/config.json" "$(url 4)" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["controllers"][1]["luns"].append({"address": "0:1", "url": sys.argv[2]})
-json.dump(c, open(sys.argv[1], "w"), indent=2)
-PY
-reload_and_wait reload_adds_lun "reload: 1 added, 0 removed, 2 unchanged, 0 not applied"
-grep -qE "reload: vm2: added 0:1 = $(url 4); guest (delivered|missed)" "$work/server.log"
-check reload_tells_guest "$?" "$(grep 'reload: vm2: added' "$work/server.log")"
-ctl --json list vm2 >"$work/ctl.out" 2>&1
-check reload_list_shows_lun "$(python3 -c '
-import json, sys
-r = json.load(open(sys.argv[1]))
-sys.exit(0 if [(l["address"], l["url"]) for l in r["controllers"][0]["luns"]] == [("0:0", sys.argv[2]), ("0:1", sys.argv[3])] else 1)' \
-    "$work/ctl.out" "$(url 2)" "$(url 4)"; echo $?)" "$(cat "$work/ctl.out")"
 # A global setting is only applied by a restart: named, not applied.
 python3 - "$work/config.json" <<'PY'
 import json, sys
