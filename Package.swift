@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "UnixSockets"),
         .target(name: "VhostUserBackend",
                 dependencies: ["VirtioCore", "VhostUserProtocol", "CVhostShims", "ServerLog", "EventPoller", "UnixSockets"]),
-        .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog", "EventPoller"]),
+        .target(name: "ISCSIInitiator", dependencies: ["SCSICore", "CLibISCSI", "ServerLog", "EventPoller", "CEventPoller"]),
         .target(name: "VhostUserSCSI",
                 dependencies: ["VirtioCore", "VirtioSCSI", "SCSICore", "VhostUserBackend", "ServerLog", "ServerMetrics",
                                "EventPoller"]),

@@ -8,33 +8,40 @@ import ServerLog
 ///
 /// The session hands the context over only once nothing in it can call back into the session:
 /// it cancels every PDU first (`iscsi_scsi_cancel_all_tasks` calls each callback, CANCELLED,
-/// while the session is alive), and from then on the context is this object's alone. The only
-/// callback left is the logout's, whose `private_data` is this object, kept alive until the
-/// context is destroyed.
+/// while the session is alive), and from then on the context is this object's alone, driven
+/// by the one logout thread (`LogoutThread`) together with every other closed session's. The
+/// only callback left is the logout's, whose `private_data` is this object, kept alive (by
+/// the logout thread) until the context is destroyed.
 ///
 /// A target that answers gets its clean logout (RFC 7143 §11.14); a silent one is given
-/// `timeout` seconds, then the connection is dropped. Like every libiscsi write (writev), the
-/// logout can raise SIGPIPE when the peer is gone: the process must ignore SIGPIPE, as the
-/// server does.
+/// `timeout` seconds from the close, then the connection is dropped. Like every libiscsi
+/// write (writev), the logout can raise SIGPIPE when the peer is gone: the process must ignore
+/// SIGPIPE, as the server does.
 final class BackgroundLogout: @unchecked Sendable {
+    // @unchecked: made on the closing session's queue, then confined to the logout thread
+    // (handed over under the thread's lock).
+
     /// Every logout still running in the process, for `ISCSISession.waitForBackgroundLogouts`.
     static let running = DispatchGroup()
 
-    private let context: OpaquePointer
+    let context: OpaquePointer
+    /// Monotonic seconds after which the connection is dropped.
+    let deadline: Double
     private let what: String
-    /// Set by the logout callback (on the thread that runs `iscsi_service`, i.e. `run`).
-    private var finished = false
-    private var failure: String?
+    /// Set by the logout callback (on the logout thread, inside `iscsi_service`).
+    private(set) var finished = false
+    private(set) var failure: String?
 
-    private init(context: OpaquePointer, what: String) {
+    private init(context: OpaquePointer, what: String, deadline: Double) {
         self.context = context
         self.what = what
+        self.deadline = deadline
     }
 
-    /// Takes `context` (logged in, no PDUs of the session's left in it), sends the logout and
-    /// drives the exchange on a background thread. Returns at once.
+    /// Takes `context` (logged in, no PDUs of the session's left in it), queues the logout and
+    /// hands it to the logout thread. Returns at once.
     static func start(_ context: OpaquePointer, url: ISCSIURL, timeout: Double = 5) {
-        let logout = BackgroundLogout(context: context, what: "\(url)")
+        let logout = BackgroundLogout(context: context, what: "\(url)", deadline: ISCSISession.monotonicNow() + timeout)
         let me = Unmanaged.passUnretained(logout).toOpaque()
         // The PDU's own timeout, so libiscsi reports a silent target too.
         iscsi_set_timeout(context, Int32(max(1, timeout.rounded(.up))))
@@ -43,20 +50,23 @@ final class BackgroundLogout: @unchecked Sendable {
             iscsi_destroy_context(context)
             return
         }
-        running.enter()
-        // Blocks one pool thread for at most `timeout` seconds; the session's queue is free.
-        DispatchQueue.global(qos: .utility).async {
-            logout.run(deadline: ISCSISession.monotonicNow() + timeout)
-            running.leave()
+        guard let thread = LogoutThread.shared else {
+            // No thread to drive it (could not be started; said once when it failed).
+            logout.fail("no logout thread")
+            logout.end()
+            return
         }
+        running.enter()
+        thread.adopt(logout)
     }
 
-    /// Drives the logout until it ends or `deadline` passes, then destroys the context.
-    private func run(deadline: Double) {
-        if let reason = ISCSISession.drive(context, until: deadline, timedOut: "no answer within the logout timeout",
-                                           finished: { finished }) {
-            failure = reason
-        }
+    /// Records why the logout ends without the target's answer (the first reason counts).
+    func fail(_ reason: String) {
+        if failure == nil { failure = reason }
+    }
+
+    /// Destroys the context and says how the logout ended. Called once, on the logout thread.
+    func end() {
         // Calls the logout callback (CANCELLED) if it has not run; `self` is still alive.
         iscsi_destroy_context(context)
         if let failure {
@@ -69,8 +79,8 @@ final class BackgroundLogout: @unchecked Sendable {
     fileprivate func logoutEnded(status: Int32) {
         guard !finished else { return }
         finished = true
-        if status != LibISCSIStatus.good && failure == nil {
-            failure = status == LibISCSIStatus.cancelled ? "cancelled" : ISCSISession.errorText(context)
+        if status != LibISCSIStatus.good {
+            fail(status == LibISCSIStatus.cancelled ? "cancelled" : ISCSISession.errorText(context))
         }
     }
 }

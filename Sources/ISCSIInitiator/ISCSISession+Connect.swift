@@ -134,25 +134,42 @@ extension ISCSISession {
     }
 
     /// Drives `ctx` with poll(2) on the calling thread until `finished()` holds or `deadline`
-    /// (monotonic seconds) passes, for the exchanges no queue watches: a synchronous login and
-    /// a closed session's background logout. Returns nil once finished, else why not:
-    /// `timedOut`, a poll failure, or libiscsi's error.
+    /// (monotonic seconds) passes, for the exchange no queue watches: a synchronous login.
+    /// Returns nil once finished, else why not: `timedOut`, a poll failure, or libiscsi's error.
     static func drive(_ ctx: OpaquePointer, until deadline: Double, timedOut: String,
                       finished: () -> Bool) -> String? {
         while !finished() {
             let left = deadline - monotonicNow()
             if left <= 0 { return timedOut }
             let wait = Int32(min(100, max(1, left * 1000)))
-            var pfd = pollfd(fd: iscsi_get_fd(ctx), events: Int16(truncatingIfNeeded: iscsi_which_events(ctx)), revents: 0)
-            // No socket yet, or nothing to wait for: libiscsi still wants to be called.
-            let idle = pfd.fd < 0 || pfd.events == 0
-            let ready = idle ? 0 : poll(&pfd, 1, wait)
-            if ready < 0 && errno != EINTR { return "poll failed: errno \(errno)" }
-            if idle { usleep(UInt32(wait) * 1000) }
-            let revents = ready > 0 ? Int32(pfd.revents) : 0
-            if iscsi_service(ctx, revents) < 0 && !finished() { return errorText(ctx) }
+            var revents: Int16 = 0
+            if var pfd = pollRequest(ctx) {
+                let ready = poll(&pfd, 1, wait)
+                if ready < 0 && errno != EINTR { return "poll failed: errno \(errno)" }
+                if ready > 0 { revents = pfd.revents }
+            } else {
+                usleep(UInt32(wait) * 1000)
+            }
+            if let reason = service(ctx, revents: revents, finished: finished) { return reason }
         }
         return nil
+    }
+
+    /// One context's part in a poll(2) round (`drive`, and the logout thread's poll over every
+    /// closed session's context): what libiscsi waits for on its socket, or nil when it has
+    /// no socket yet or nothing to wait for. libiscsi still wants `service` then.
+    static func pollRequest(_ ctx: OpaquePointer) -> pollfd? {
+        let fd = iscsi_get_fd(ctx)
+        let events = Int16(truncatingIfNeeded: iscsi_which_events(ctx))
+        return fd < 0 || events == 0 ? nil : pollfd(fd: fd, events: events, revents: 0)
+    }
+
+    /// Hands what poll reported for `ctx` to libiscsi (0 for nothing: libiscsi then checks its
+    /// PDU timeouts, which it wants about once a second), which may call back. Returns
+    /// libiscsi's error, unless `finished()` holds by then (a target may close the connection
+    /// right after its last answer).
+    static func service(_ ctx: OpaquePointer, revents: Int16, finished: () -> Bool) -> String? {
+        iscsi_service(ctx, Int32(revents)) < 0 && !finished() ? errorText(ctx) : nil
     }
 
     static func errorText(_ ctx: OpaquePointer) -> String {
