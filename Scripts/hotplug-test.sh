@@ -4,9 +4,9 @@
 # runs, vhost-user-scsi-ctl adds a LUN, grows it and removes it, and the guest sees each
 # change through the virtio-scsi event queue (guest workload "hotplug", Docs/GUEST.md).
 # Also checks the control socket's answers, `stats` and the Prometheus endpoint, that
-# `ctl config` writes a configuration the server accepts, and that SIGHUP applies a changed
-# configuration file's LUNs without a restart (the guest sees the added disk) and survives a
-# broken one.
+# `ctl config` writes a configuration the server accepts (and `--check` probes without
+# serving), and that SIGHUP applies a changed configuration file's LUNs without a restart (the
+# guest sees the added disk) and survives a broken one.
 #
 # Usage: Scripts/hotplug-test.sh BIN_DIR [WORKDIR]
 #   BIN_DIR holds vhost-user-scsi and vhost-user-scsi-ctl (e.g. swift build -c release --show-bin-path)
@@ -103,6 +103,23 @@ for controller in c["controllers"]:
     controller["socket"] = sys.argv[1] + "/check-" + controller["name"] + ".sock"
 json.dump(c, sys.stdout)
 PY
+    # --check: the same file probed without serving (exit 0, every LUN listed, no socket);
+    # with one LUN pointing at a missing target LUN, exit 1 naming it.
+    "$bin/vhost-user-scsi" --config "$work/check.json" --check >"$work/check-mode.out" 2>&1; rc=$?
+    check check_mode_ok "$([ $rc = 0 ] && [ "$(grep -c ' = iscsi://.*blocks of 512 bytes' "$work/check-mode.out")" = 3 ] &&
+        grep -q '^configuration OK: 2 controller(s), 3 LUN(s)' "$work/check-mode.out" &&
+        ! [ -e "$work/check-control.sock" ] && ! [ -e "$work/check-vm1.sock" ]; echo $?)" \
+        "exit $rc: $(tr '\n' '|' <"$work/check-mode.out")"
+    python3 - "$work/check.json" "iscsi://127.0.0.1:$port/$iqn/9" >"$work/check-bad.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["controllers"][1]["luns"].append({"address": "0:7", "url": sys.argv[2]})
+json.dump(c, sys.stdout)
+PY
+    "$bin/vhost-user-scsi" --config "$work/check-bad.json" --check >"$work/check-mode.out" 2>&1; rc=$?
+    check check_mode_names_bad_lun "$([ $rc = 1 ] && grep -q '^  0:7 = .*/9: FAILED: ' "$work/check-mode.out" &&
+        grep -q '^configuration NOT OK: 1 of 4 LUN(s)' "$work/check-mode.out"; echo $?)" \
+        "exit $rc: $(tr '\n' '|' <"$work/check-mode.out")"
     "$bin/vhost-user-scsi" --config "$work/check.json" >"$work/check.log" 2>&1 &
     check_pid=$!
     for _ in $(seq 300); do

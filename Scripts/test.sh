@@ -8,7 +8,8 @@
 #                        systemd unit, the configuration file, the migration walk-through) and
 #                        the man page, against the real server, tgtd and QEMU
 #   hotplug              Scripts/hotplug-test.sh: two controllers from a config file, one guest;
-#                        vhost-user-scsi-ctl adds, grows and removes a LUN while it runs
+#                        vhost-user-scsi-ctl adds, grows and removes a LUN while it runs;
+#                        ctl config, --check, and a SIGHUP reload that adds a LUN
 #   reconnect            Scripts/reconnect-test.sh: SIGKILL the server under guest I/O (QEMU 10)
 #   migration            Scripts/migrate-test.sh: live migration back and forth with QEMU 10.0,
 #                        with a slowed target, and the negative control (data-in logging

@@ -49,6 +49,9 @@ enum Options {
     Operation (Docs/OPERATIONS.md):
       --config FILE           Read settings and controllers from a JSON file (Docs/CONFIGURATION.md);
                               options on the command line override its settings and add controllers.
+      --check                 Check the configuration and exit: read it and the secrets, log in to
+                              every LUN and print what it found; no socket is created. Exit 0 when
+                              the server would start, 1 when a LUN cannot be served, 2 on a mistake.
                               SIGHUP reads it again and applies its LUN changes (see Signals).
       --control-socket PATH   Serve the JSON control protocol on PATH (vhost-user-scsi-ctl; Docs/CONTROL.md):
                               list, statistics, add and remove LUNs at runtime; `config` prints the
@@ -73,6 +76,8 @@ enum Options {
 
     enum Parsed {
         case run(ServerConfiguration)
+        /// `--check`: validate and probe, serve nothing (ConfigurationCheck).
+        case check(ServerConfiguration)
         case help
         case version
     }
@@ -81,6 +86,7 @@ enum Options {
         // Split into (name, value) pairs first, so that --config can be applied before the rest
         // wherever it appears.
         var pairs: [(name: String, value: String?)] = []
+        var checkOnly = false
         var iterator = arguments.makeIterator()
         while let argument = iterator.next() {
             guard argument.hasPrefix("--") || argument == "-h" else {
@@ -88,6 +94,10 @@ enum Options {
             }
             if argument == "--help" || argument == "-h" { return .help }
             if argument == "--version" { return .version }
+            if argument == "--check" {
+                checkOnly = true
+                continue
+            }
             var name = String(argument.dropFirst(2))
             var value: String?
             if let eq = name.firstIndex(of: "=") {
@@ -123,6 +133,6 @@ enum Options {
             }
         }
         try configuration.finish()
-        return .run(configuration)
+        return checkOnly ? .check(configuration) : .run(configuration)
     }
 }

@@ -22,6 +22,8 @@ enum Server {
                 exit(0)
             case .run(let parsed):
                 configuration = parsed
+            case .check(let parsed):
+                ConfigurationCheck.run(parsed)
             }
         } catch {
             fail("\(error)", status: 2)

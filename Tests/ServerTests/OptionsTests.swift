@@ -83,9 +83,21 @@ private func error(_ arguments: [String]) -> String? {
         guard case .version = try Options.parse(["--version"]) else { Issue.record("no version"); return }
     }
 
+    /// `--check` takes no value, may stand anywhere, and the configuration is still validated
+    /// in full (a check of a broken configuration is the same exit 2 as a start).
+    @Test func checkIsAFlagOverAFullyValidatedConfiguration() throws {
+        let url = "iscsi://127.0.0.1/iqn.2026-11.test:t/1"
+        guard case .check(let c) = try Options.parse(["--check", "--socket", "/s", "--lun", url]) else {
+            Issue.record("no check"); return
+        }
+        #expect(c.controllers.map(\.socketPath) == ["/s"] && c.controllers[0].luns.count == 1)
+        guard case .run = try Options.parse(["--socket", "/s", "--lun", url]) else { Issue.record("no run"); return }
+        #expect(throws: ConfigurationError.self) { try Options.parse(["--socket", "/s", "--check"]) }
+    }
+
     /// Every setting has a line in --help, so the two cannot drift apart.
     @Test func helpNamesEverySetting() {
-        for name in Array(Settings.global.keys) + Array(Settings.controller.keys) + ["config"] {
+        for name in Array(Settings.global.keys) + Array(Settings.controller.keys) + ["config", "check"] {
             #expect(Options.usage.contains("--\(name) "), "--\(name) is missing from --help")
         }
     }
