@@ -12,14 +12,7 @@ enum ConfigurationCheck {
         // The probes' login and logout lines are the server's business, not the check's output.
         Log.level = max(configuration.logLevel, .warning)
         Log.format = configuration.logFormat
-        signal(SIGPIPE, SIG_IGN)
-        let login: LoginSettings
-        do {
-            login = LoginSettings(iscsi: try configuration.loginSettings(), recovery: configuration.recoveryPolicy)
-        } catch {
-            Server.fail("\(error)", status: 2)
-        }
-        for warning in login.iscsi.securityWarnings { Log.warning(warning) }
+        let login = Server.loginSettings(configuration)
         var luns = 0
         var failures = 0
         for controller in configuration.controllers {

@@ -30,15 +30,7 @@ enum Server {
         }
         Log.level = configuration.logLevel
         Log.format = configuration.logFormat
-        signal(SIGPIPE, SIG_IGN)
-
-        let login: LoginSettings
-        do {
-            login = LoginSettings(iscsi: try configuration.loginSettings(), recovery: configuration.recoveryPolicy)
-        } catch {
-            fail("\(error)", status: 2)
-        }
-        for warning in login.iscsi.securityWarnings { Log.warning(warning) }
+        let login = loginSettings(configuration)
         var controllers: [Controller] = []
         var control: ControlServer?
         var exporter: PrometheusExporter?
@@ -83,6 +75,20 @@ enum Server {
     static func status(of controllers: [Controller]) -> String {
         "serving \(controllers.count) controller(s): "
             + controllers.map { "\($0.name) (\($0.unitList.count) LUN(s))" }.joined(separator: ", ")
+    }
+
+    /// The login settings with their secrets read, or exit status 2 (a start and `--check` alike).
+    /// Also ignores SIGPIPE: libiscsi writes to sockets whose peer may be gone.
+    static func loginSettings(_ configuration: ServerConfiguration) -> LoginSettings {
+        signal(SIGPIPE, SIG_IGN)
+        let login: LoginSettings
+        do {
+            login = LoginSettings(iscsi: try configuration.loginSettings(), recovery: configuration.recoveryPolicy)
+        } catch {
+            fail("\(error)", status: 2)
+        }
+        for warning in login.iscsi.securityWarnings { Log.warning(warning) }
+        return login
     }
 
     /// One line on stderr and the exit status; never a stack trace.
