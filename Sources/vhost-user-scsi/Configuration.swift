@@ -26,7 +26,7 @@ struct ServerConfiguration {
     /// Where the Prometheus listener serves /metrics; none when nil.
     var metricsListen: ListenAddress?
     var controllers: [ControllerConfiguration] = []
-    /// The files given with --config, in order: what SIGHUP reads again (Server+Reload.swift).
+    /// The files given with --config, in order: what SIGHUP reads again (ConfigurationReload.swift).
     var configurationFiles: [String] = []
 
     /// The iSCSI sessions' outage policy (Docs/OUTAGES.md).
