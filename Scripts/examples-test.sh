@@ -4,7 +4,8 @@
 #   systemd    Examples/systemd/vhost-user-scsi@.service passes `systemd-analyze verify` and
 #              scores "OK" in `systemd-analyze security`; its sandbox allows every system call
 #              and address family the server used under strace while QEMU connected to it; its
-#              ExecStart runs (once the server has --config); its sockets match the example
+#              ExecStart runs (once the server has --config) and its ExecReload makes that server
+#              reload (RELOADING=1, then READY=1); its sockets match the example
 #              configuration. PID 1 here is not systemd, so the unit itself is not started.
 #   notify     with NOTIFY_SOCKET (a path, an abstract name) the server sends READY=1 only when
 #              its socket accepts connections and STOPPING=1 on SIGTERM, and exits 0; with an
@@ -377,11 +378,21 @@ EOF
     pids+=("$spid")
     for ((i = 0; i < 100; i++)); do grep -q READY=1 "$work/execstart.notify" && break; kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
     ready=$(grep READY=1 "$work/execstart.notify" || true)
+    # ExecReload as systemctl reload runs it: the server reloads the unchanged file (nothing to
+    # do) and tells the service manager RELOADING=1, then READY=1 again.
+    reload_cmd=$(sed -n 's/^ExecReload=//p' "$unit" | sed -e "s#\$MAINPID#$spid#")
+    $reload_cmd
+    for ((i = 0; i < 100; i++)); do grep -q 'reload: 0 added' "$work/execstart.log" && break; sleep 0.1; done
+    sleep 0.2
+    reload_notes=$(grep -A1 RELOADING=1 "$work/execstart.notify" | cut -d' ' -f2 | tr '\n' ' ')
     kill -TERM "$spid" 2>/dev/null
     reap "$spid"
     st=$status
     check unit_execstart_runs "$([[ $ready == *connect=ok && $st == 0 ]]; echo $?)" \
         "(${ready:-no READY=1}; exit $st; log $work/execstart.log: $(tail -n 1 "$work/execstart.log"))"
+    check unit_execreload_reloads "$(grep -q 'reload: 0 added, 0 removed, 2 unchanged, 0 not applied' "$work/execstart.log" &&
+        [[ $reload_notes == RELOADING=1*READY=1* ]]; echo $?)" \
+        "(${reload_cmd:-no ExecReload=}; notify: ${reload_notes:-none}; $(grep 'reload' "$work/execstart.log" | tail -n 1))"
     # The target takes logins without CHAP again, for the checks below.
     tgtadm -C "$ctl" --lld iscsi --mode account --op unbind --tid 1 --user examples-host || true
 else
