@@ -93,6 +93,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     /// Attempts in this outage; bumps invalidate delayed attempt starts.
     var attemptNumber = 0
     var attemptGeneration: UInt64 = 0
+    /// A host name lookup for an attempt is queued or running (ISCSISession+HostLookup.swift).
+    var hostLookupRunning = false
     /// For logging attempt failures once per reason (and then every 10 s).
     var lastAttemptFailure: String?
     var lastAttemptFailureLogged: Double = 0
