@@ -155,6 +155,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     /// outage timeout passes first they fail with `.transportFailure`, exactly as during an
     /// outage. For request queues, which must not block on a target that is down; a caller
     /// that wants an unreachable target to be an error (a startup check) uses the initializer.
+    /// A host name in `url` is looked up off `queue`, anew for every attempt
+    /// (ISCSISession+HostLookup.swift).
     ///
     /// - Throws: only what can be known without the target: `.configuration` (the settings),
     ///   `.contextCreation`.
