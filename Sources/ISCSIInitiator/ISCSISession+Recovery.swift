@@ -13,7 +13,11 @@ final class ReconnectAttempt {
     }
 
     let number: Int
-    let deadline: Double
+    /// When the attempt fails as unanswered: `loginTimeout` after it started, and again after
+    /// its host name was looked up (ISCSISession+HostLookup.swift).
+    var deadline: Double
+    /// Its portal's host name is being looked up; no context yet.
+    var resolving = false
     /// The TCP connection is up; the login runs.
     var connected = false
     /// Set by the libiscsi callbacks; acted on once libiscsi has returned.
@@ -171,20 +175,27 @@ extension ISCSISession {
         guard !linkUp, !closed, attempt == nil, context == nil else { return }
         attemptNumber += 1
         attemptGeneration &+= 1
-        let number = attemptNumber
+        let attempt = ReconnectAttempt(number: attemptNumber, deadline: Self.monotonicNow() + recovery.loginTimeout)
+        self.attempt = attempt
+        Log.debug("iscsi: reconnect attempt \(attempt.number) to \(url)")
+        beginAttempt(attempt)
+    }
+
+    /// The attempt's connect and login to `portal`, a numeric `address:port` (given a name,
+    /// libiscsi would look it up inside `iscsi_connect_async`, blocking the queue: see
+    /// `beginAttempt`).
+    func connectAttempt(_ attempt: ReconnectAttempt, portal: String) {
         let ctx: OpaquePointer
         do {
             ctx = try Self.makeContext(url: url, login: login, isid: isid)
         } catch {
-            noteAttemptFailure("\(error)", number: number)
+            self.attempt = nil
+            noteAttemptFailure("\(error)", number: attempt.number)
             scheduleAttempt(after: recovery.maxReconnectDelay)
             return
         }
         iscsi_set_timeout(ctx, Int32(max(1, recovery.loginTimeout.rounded(.up))))
-        let attempt = ReconnectAttempt(number: number, deadline: Self.monotonicNow() + recovery.loginTimeout)
-        self.attempt = attempt
         context = ctx
-        Log.debug("iscsi: reconnect attempt \(number) to \(url)")
         let me = Unmanaged.passUnretained(self).toOpaque()
         let rc = withLibiscsi {
             firstLoginPending
@@ -192,8 +203,8 @@ extension ISCSISession {
                 // (POWER ON OCCURRED, SAM-5 §5.14) with TEST UNIT READY, as the synchronous
                 // login does: the guest saw no reset. A reconnect leaves the target's unit
                 // attentions to the guest (the target may really have been reset).
-                ? iscsi_full_connect_async(ctx, url.portal, Int32(url.lun), attemptLoginCallback, me)
-                : iscsi_connect_async(ctx, url.portal, attemptConnectCallback, me)
+                ? iscsi_full_connect_async(ctx, portal, Int32(url.lun), attemptLoginCallback, me)
+                : iscsi_connect_async(ctx, portal, attemptConnectCallback, me)
         }
         if rc != 0, self.attempt === attempt, attempt.result == nil {
             attempt.result = .failed(lastError(ctx))
@@ -307,7 +318,9 @@ extension ISCSISession {
         } else {
             checkOutage(now: now)
             if let attempt, attempt.result == nil, now >= attempt.deadline {
-                attempt.result = .failed("no answer within \(Self.seconds(recovery.loginTimeout)) s")
+                attempt.result = .failed(attempt.resolving
+                    ? "cannot resolve \(url.host) within \(Self.seconds(recovery.loginTimeout)) s"
+                    : "no answer within \(Self.seconds(recovery.loginTimeout)) s")
                 handleRecoveryEvents()
             }
         }

@@ -93,6 +93,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     /// Attempts in this outage; bumps invalidate delayed attempt starts.
     var attemptNumber = 0
     var attemptGeneration: UInt64 = 0
+    /// A host name lookup for an attempt is queued or running (ISCSISession+HostLookup.swift).
+    var hostLookupRunning = false
     /// For logging attempt failures once per reason (and then every 10 s).
     var lastAttemptFailure: String?
     var lastAttemptFailureLogged: Double = 0
@@ -153,6 +155,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     /// outage timeout passes first they fail with `.transportFailure`, exactly as during an
     /// outage. For request queues, which must not block on a target that is down; a caller
     /// that wants an unreachable target to be an error (a startup check) uses the initializer.
+    /// A host name in `url` is looked up off `queue`, anew for every attempt
+    /// (ISCSISession+HostLookup.swift).
     ///
     /// - Throws: only what can be known without the target: `.configuration` (the settings),
     ///   `.contextCreation`.
