@@ -73,8 +73,19 @@ cat >"$work/config.json" <<JSON
   ]
 }
 JSON
+# A SIGHUP while the server still probes its LUNs (tgtd held with SIGSTOP: the probe waits)
+# must not end it; it starts with the file as read.
+tgtd_pid=$(cat "$work/tgt/tgtd.pid")
+kill -STOP "$tgtd_pid"
 "$bin/vhost-user-scsi" --config "$work/config.json" >"$work/server.log" 2>&1 &
 server_pid=$!
+sleep 0.5
+kill -HUP "$server_pid"
+sleep 0.3
+alive=0
+kill -0 "$server_pid" 2>/dev/null || alive=1
+kill -CONT "$tgtd_pid"
+check sighup_during_startup_ignored "$alive" "$(tail -n 2 "$work/server.log" | tr '\n' '|')"
 for _ in $(seq 100); do [ -S "$work/control.sock" ] && break; sleep 0.1; done
 [ -S "$work/control.sock" ] || { cat "$work/server.log"; echo "hotplug: server did not start"; exit 1; }
 

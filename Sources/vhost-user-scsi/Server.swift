@@ -30,6 +30,9 @@ enum Server {
         }
         Log.level = configuration.logLevel
         Log.format = configuration.logFormat
+        // A SIGHUP while the LUNs are probed would end the process (the default action); the
+        // reload handler comes once the controllers exist. Until then there is nothing to reload.
+        signal(SIGHUP, SIG_IGN)
         let login = loginSettings(configuration)
         var controllers: [Controller] = []
         var control: ControlServer?
@@ -101,8 +104,8 @@ enum Server {
     private static func installSignalHandlers(controllers: [Controller], control: ControlServer?,
                                               reloader: ConfigurationReloader) {
         let queue = DispatchQueue(label: "signals")
-        // SIGHUP only queues the reload: the signal queue stays free for SIGTERM.
-        signal(SIGHUP, SIG_IGN)
+        // SIGHUP only queues the reload: the signal queue stays free for SIGTERM. (SIGHUP is
+        // ignored since the start, so the Dispatch source alone sees it.)
         let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: queue)
         hangup.setEventHandler { @Sendable in reloader.requestReload() }
         hangup.resume()
