@@ -13,6 +13,13 @@ enum Client {
     Commands:
       list [CONTROLLER]                 controllers, whether QEMU is connected, their LUNs
       stats [CONTROLLER]                per-queue and per-LUN counters
+      add-controller NAME SOCKET [--num-queues N] [--lun [T:L=]URL ...]
+                                        probe the LUNs and serve a new controller at SOCKET
+                                        (for a new VM; no restart): --num-queues request queues
+                                        (default 4), --lun as in the configuration file
+      remove-controller NAME [--force]  stop serving a controller and remove its socket;
+                                        refused while a VM is connected, unless --force (the VM
+                                        then loses its disks)
       add-lun CONTROLLER T:L URL        probe URL and add it as guest target T, LUN L; the guest
                                         is told through the event queue and sees a new disk
       remove-lun CONTROLLER T:L         take the LUN away (in-flight I/O is aborted); the guest
@@ -87,8 +94,52 @@ enum Client {
         case "version", "config": return .object(try expect([]))
         case "add-lun": return .object(try expect(["controller", "address", "url"]))
         case "remove-lun", "resize-lun": return .object(try expect(["controller", "address"]))
+        case "add-controller": return try addController(rest)
+        case "remove-controller":
+            var fields: [String: JSONValue] = ["command": .string(command)]
+            for argument in rest {
+                if argument == "--force" {
+                    fields["force"] = .bool(true)
+                } else if fields["name"] == nil && !argument.hasPrefix("--") {
+                    fields["name"] = .string(argument)
+                } else {
+                    throw JSONError("remove-controller takes NAME [--force], not '\(argument)'")
+                }
+            }
+            guard fields["name"] != nil else { throw JSONError("remove-controller takes NAME [--force]") }
+            return .object(fields)
         default: throw JSONError("unknown command '\(command)'")
         }
+    }
+
+    /// `NAME SOCKET [--num-queues N] [--lun [T:L=]URL ...]`: the server checks the values (as it
+    /// checks a configuration file's), the client only the shape.
+    static func addController(_ arguments: [String]) throws(JSONError) -> JSONValue {
+        let shape = "add-controller takes NAME SOCKET [--num-queues N] [--lun [T:L=]URL ...]"
+        var fields: [String: JSONValue] = ["command": .string("add-controller")]
+        var positional: [String] = []
+        var luns: [JSONValue] = []
+        var rest = arguments[...]
+        while let argument = rest.popFirst() {
+            switch argument {
+            case "--num-queues", "--lun":
+                guard let value = rest.popFirst() else { throw JSONError("\(argument) needs a value") }
+                if argument == "--lun" {
+                    luns.append(.string(value))
+                } else {
+                    guard let n = Int(value) else { throw JSONError("--num-queues must be a number, not '\(value)'") }
+                    fields["num_queues"] = .number(Double(n))
+                }
+            default:
+                guard !argument.hasPrefix("--") else { throw JSONError("\(shape); unknown option '\(argument)'") }
+                positional.append(argument)
+            }
+        }
+        guard positional.count == 2 else { throw JSONError(shape) }
+        fields["name"] = .string(positional[0])
+        fields["socket"] = .string(positional[1])
+        if !luns.isEmpty { fields["luns"] = .array(luns) }
+        return .object(fields)
     }
 
     /// One request line out, one response line back.

@@ -105,19 +105,9 @@ extension ServerConfiguration {
         guard !controllers.isEmpty else {
             throw ConfigurationError("--socket PATH (or a configuration file with controllers) is required")
         }
-        var names: Set<String> = []
-        var sockets: Set<String> = []
         for index in controllers.indices {
             let controller = controllers[index]
-            guard !controller.socketPath.isEmpty else {
-                throw ConfigurationError("controller \(controller.name): a socket path is required")
-            }
-            guard names.insert(controller.name).inserted else {
-                throw ConfigurationError("controller name '\(controller.name)' is given twice")
-            }
-            guard sockets.insert(controller.socketPath).inserted else {
-                throw ConfigurationError("socket \(controller.socketPath) is given to two controllers")
-            }
+            try controller.checkUnique(among: controllers[..<index])
             try controllers[index].resolveLUNs()
             // A controller may start empty only when LUNs can be added at runtime.
             guard !controllers[index].luns.isEmpty || controlSocket != nil else {
@@ -142,6 +132,24 @@ extension ServerConfiguration {
 }
 
 extension ControllerConfiguration {
+    /// A socket path is given, and the name and the socket are not those of another controller
+    /// of the process. `others` are the ones before this one in the configuration or, with
+    /// `served`, the controllers a running server serves (add-controller, a reload).
+    func checkUnique(among others: some Collection<ControllerConfiguration>,
+                     served: Bool = false) throws(ConfigurationError) {
+        guard !socketPath.isEmpty else {
+            throw ConfigurationError("controller \(name): a socket path is required")
+        }
+        if others.contains(where: { $0.name == name }) {
+            throw ConfigurationError(served ? "a controller named '\(name)' is served already"
+                                            : "controller name '\(name)' is given twice")
+        }
+        if let other = others.first(where: { $0.socketPath == socketPath }) {
+            throw ConfigurationError(served ? "socket \(socketPath) is controller \(other.name)'s already"
+                                            : "socket \(socketPath) is given to two controllers")
+        }
+    }
+
     /// `T:L=URL` or `URL` arguments into addresses and parsed URLs.
     mutating func resolveLUNs() throws(ConfigurationError) {
         var nextImplicit: UInt16 = 0

@@ -39,7 +39,9 @@ enum ConfigurationFile {
         }
     }
 
-    private static func loadController(_ entry: JSONValue, index: Int,
+    /// One entry of `controllers` (also the arguments of the control socket's add-controller):
+    /// its LUNs are given as `lunArguments`, resolved by `resolveLUNs`.
+    static func loadController(_ entry: JSONValue, index: Int,
                                        where location: String) throws(ConfigurationError) -> ControllerConfiguration {
         guard case .object(let fields) = entry else { throw ConfigurationError("\(location) must be an object") }
         var controller = ControllerConfiguration(name: "ctrl\(index)")

@@ -5,25 +5,27 @@ import ServiceNotify
 
 /// SIGHUP (`systemctl reload`): reads the configuration file again, with the same command
 /// line as at start (so the precedence is the same), and applies what a running server can:
-/// the LUNs of the controllers it serves, by controller name (LUNChanges). Everything else it
-/// names in one warning line each and leaves for a restart. Docs/CONFIGURATION.md, "Reloading".
+/// controllers added to or removed from the file (ControllerChanges; one whose VM is connected
+/// is kept) and the LUNs of the controllers it keeps serving, by controller name (LUNChanges).
+/// Everything else it names in one warning line each and leaves for a restart.
+/// Docs/CONFIGURATION.md, "Reloading".
 final class ConfigurationReloader: Sendable {
     /// The command line the server was started with (without the program name).
     let arguments: [String]
     /// The configuration the server started with: its global settings are still the ones in
     /// force (a reload never changes them).
     let running: ServerConfiguration
-    let controllers: [Controller]
+    let registry: ControllerRegistry
     let login: LoginSettings
     /// Reloads run here one at a time, in order: a SIGHUP during a reload queues behind it.
     /// Not the signal queue: a probe of an unreachable target takes ~15 s, and SIGTERM must be
     /// handled meanwhile.
     private let queue = DispatchQueue(label: "reload")
 
-    init(arguments: [String], running: ServerConfiguration, controllers: [Controller], login: LoginSettings) {
+    init(arguments: [String], running: ServerConfiguration, registry: ControllerRegistry, login: LoginSettings) {
         self.arguments = arguments
         self.running = running
-        self.controllers = controllers
+        self.registry = registry
         self.login = login
     }
 
@@ -34,14 +36,21 @@ final class ConfigurationReloader: Sendable {
 
     /// What one reload did, for the summary line.
     struct Outcome: Equatable {
+        var controllersAdded = 0
+        var controllersRemoved = 0
         var added = 0
         var removed = 0
         var unchanged = 0
         var notApplied = 0
         var failed = 0
 
+        /// The LUN counts always; the controller counts in front when a controller came or went.
         var summary: String {
-            "reload: \(added) added, \(removed) removed, \(unchanged) unchanged, \(notApplied) not applied"
+            func controllers(_ n: Int) -> String { n == 1 ? "1 controller" : "\(n) controllers" }
+            let controllerCounts = controllersAdded > 0 || controllersRemoved > 0
+                ? "\(controllers(controllersAdded)) added, \(controllers(controllersRemoved)) removed, " : ""
+            return "reload: " + controllerCounts
+                + "\(added) added, \(removed) removed, \(unchanged) unchanged, \(notApplied) not applied"
                 + (failed > 0 ? ", \(failed) failed" : "")
         }
     }
@@ -54,7 +63,7 @@ final class ConfigurationReloader: Sendable {
         Log.info("SIGHUP: reloading \(running.configurationFiles.joined(separator: ", "))")
         ServiceNotify.send(["RELOADING=1", "MONOTONIC_USEC=\(Self.monotonicMicroseconds())",
                             "STATUS=reloading the configuration"])
-        defer { ServiceNotify.ready(status: Server.status(of: controllers)) }
+        defer { ServiceNotify.ready(status: Server.status(of: registry.all)) }
         let wanted: ServerConfiguration
         do {
             guard case .run(let parsed) = try Options.parse(arguments) else {
@@ -66,17 +75,53 @@ final class ConfigurationReloader: Sendable {
             Log.error("reload: \(error); nothing changed")
             return
         }
+        // One change: no add-controller or remove-controller runs in between.
+        let outcome = registry.change { changes in apply(wanted, changes) }
+        Log.info(outcome.summary)
+    }
+
+    private func apply(_ wanted: ServerConfiguration, _ changes: ControllerRegistry.Changes) -> Outcome {
         var outcome = Outcome()
-        for setting in Self.settingsOnlyARestartApplies(running: running, controllers: controllers.map(\.configuration),
-                                                        wanted: wanted) {
+        let served = changes.controllers.map(\.configuration)
+        for setting in Self.settingsOnlyARestartApplies(running: running, controllers: served, wanted: wanted) {
             Log.warning("reload: \(setting): takes effect at restart")
             outcome.notApplied += 1
         }
-        for controller in controllers {
-            guard let listed = wanted.controllers.first(where: { $0.name == controller.name }) else { continue }
+        let diff = ControllerChanges(current: served, wanted: wanted.controllers)
+        for name in diff.removals {
+            if changes.controllers.first(where: { $0.name == name })?.server.isConnected == true {
+                Log.warning("controller \(name): removed from the file but a VM is connected; not removed "
+                            + "(stop the VM, or remove-controller --force)")
+                outcome.notApplied += 1
+                continue
+            }
+            do {
+                try changes.remove(named: name, force: false)
+                outcome.controllersRemoved += 1
+                Log.info("reload: controller \(name) removed")
+            } catch {
+                outcome.failed += 1
+                Log.error("reload: cannot remove controller \(name): \(error)")
+            }
+        }
+        for (_, listed) in diff.kept {
+            guard let controller = changes.controllers.first(where: { $0.name == listed.name }) else { continue }
             apply(LUNChanges(current: controller.configuration.luns, wanted: listed.luns), to: controller, &outcome)
         }
-        Log.info(outcome.summary)
+        for listed in diff.additions {
+            do {
+                try listed.checkAddition(served: changes.controllers.map(\.configuration),
+                                         controlSocket: running.controlSocket, login: login.iscsi)
+                let controller = try changes.add(listed, login: login, drainTimeoutSeconds: running.drainTimeoutSeconds)
+                outcome.controllersAdded += 1
+                Log.info("reload: controller \(controller.name) added with \(controller.unitList.count) LUN(s) at "
+                         + controller.socketPath)
+            } catch {
+                outcome.failed += 1
+                Log.error("reload: cannot add controller \(listed.name): \(error)")
+            }
+        }
+        return outcome
     }
 
     private func apply(_ changes: LUNChanges, to controller: Controller, _ outcome: inout Outcome) {
@@ -104,7 +149,8 @@ final class ConfigurationReloader: Sendable {
     }
 
     /// The changes in `wanted` that a running server does not apply, one phrase each: global
-    /// settings (by file key), controllers added or removed, a controller's socket or queues.
+    /// settings (by file key) and the socket or queues of a controller it keeps serving (the
+    /// VM would have to reconnect). Controllers added or removed are applied (ControllerChanges).
     static func settingsOnlyARestartApplies(running: ServerConfiguration, controllers: [ControllerConfiguration],
                                             wanted: ServerConfiguration) -> [String] {
         var changes: [String] = []
@@ -113,18 +159,11 @@ final class ConfigurationReloader: Sendable {
         for key in Set(before.keys).union(after.keys).sorted() where before[key] != after[key] {
             changes.append("\(key) changed")
         }
-        for controller in controllers {
-            guard let listed = wanted.controllers.first(where: { $0.name == controller.name }) else {
-                changes.append("controller \(controller.name) removed")
-                continue
-            }
+        for (controller, listed) in ControllerChanges(current: controllers, wanted: wanted.controllers).kept {
             if listed.socketPath != controller.socketPath { changes.append("controller \(controller.name): socket changed") }
             if listed.requestQueues != controller.requestQueues {
                 changes.append("controller \(controller.name): num_queues changed")
             }
-        }
-        for listed in wanted.controllers where !controllers.contains(where: { $0.name == listed.name }) {
-            changes.append("controller \(listed.name) added")
         }
         return changes
     }

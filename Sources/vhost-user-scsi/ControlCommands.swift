@@ -7,7 +7,7 @@ import VirtioSCSI
 /// The control protocol's commands (Docs/CONTROL.md): a request object in, a response object
 /// out, `"ok": true` with the command's fields or `"ok": false` with a one-line `"error"`.
 struct ControlCommands: Sendable {
-    let controllers: [Controller]
+    let registry: ControllerRegistry
     let login: LoginSettings
     /// The configuration the server started with: its global settings are the ones in force
     /// (the LUNs are read from the controllers, as they are now).
@@ -29,8 +29,23 @@ struct ControlCommands: Sendable {
             case "config":
                 // The running configuration in the file's format (Docs/CONFIGURATION.md).
                 var running = configuration
-                running.controllers = controllers.map(\.configuration)
+                running.controllers = registry.all.map(\.configuration)
                 do { response = ["config": try running.fileJSON()] } catch { throw ControlError(error.description) }
+            case "add-controller":
+                let controller = try addController(request)
+                response = ["controller": describe(controller),
+                            "message": .string("\(controller.name): serving \(controller.unitList.count) LUN(s) on "
+                                               + "\(controller.device.requestQueueCount) request queue(s) at \(controller.socketPath)")]
+            case "remove-controller":
+                guard let name = request["name"]?.stringValue else { throw ControlError("\"name\" (a controller) is required") }
+                let force: Bool
+                switch request["force"] {
+                case nil: force = false
+                case .bool(let value)?: force = value
+                default: throw ControlError("\"force\" must be true or false")
+                }
+                let controller = try registry.change { try $0.remove(named: name, force: force) }
+                response = ["message": .string("\(controller.name): removed; \(controller.socketPath) closed")]
             case "add-lun":
                 let controller = try controller(named: request["controller"])
                 let address = try address(request)
@@ -66,20 +81,37 @@ struct ControlCommands: Sendable {
         }
     }
 
-    static let commands = ["version", "list", "stats", "config", "add-lun", "remove-lun", "resize-lun"]
+    static let commands = ["version", "list", "stats", "config", "add-controller", "remove-controller",
+                           "add-lun", "remove-lun", "resize-lun"]
+
+    /// Checks the request against the controllers served and adds it, all in one change: a
+    /// concurrent add of the same name waits and is then refused.
+    private func addController(_ request: JSONValue) throws -> Controller {
+        let configuration: ControllerConfiguration
+        do { configuration = try ControllerConfiguration.addition(request: request) } catch {
+            throw ControlError(error.description)
+        }
+        return try registry.change { changes in
+            do {
+                try configuration.checkAddition(served: changes.controllers.map(\.configuration),
+                                                controlSocket: self.configuration.controlSocket, login: login.iscsi)
+            } catch { throw ControlError("\(error)") }
+            return try changes.add(configuration, login: login, drainTimeoutSeconds: self.configuration.drainTimeoutSeconds)
+        }
+    }
 
     // MARK: - Arguments
 
     /// The controller named by `"controller"`, or all of them when the request names none.
     private func selected(_ request: JSONValue) throws(ControlError) -> [Controller] {
-        guard let name = request["controller"] else { return controllers }
+        guard let name = request["controller"] else { return registry.all }
         return [try controller(named: name)]
     }
 
     private func controller(named value: JSONValue?) throws(ControlError) -> Controller {
         guard let name = value?.stringValue else { throw ControlError("\"controller\" (a name) is required") }
-        guard let controller = controllers.first(where: { $0.name == name }) else {
-            throw ControlError("no controller named '\(name)' (there are: \(controllers.map(\.name).joined(separator: ", ")))")
+        guard let controller = registry.controller(named: name) else {
+            throw ControlError("no controller named '\(name)' (there are: \(registry.all.map(\.name).joined(separator: ", ")))")
         }
         return controller
     }

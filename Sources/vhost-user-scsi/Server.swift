@@ -35,6 +35,7 @@ enum Server {
         signal(SIGHUP, SIG_IGN)
         let login = loginSettings(configuration)
         var controllers: [Controller] = []
+        var registry = ControllerRegistry()
         var control: ControlServer?
         var exporter: PrometheusExporter?
         do {
@@ -44,17 +45,19 @@ enum Server {
             }
             for controller in controllers {
                 try controller.start()
-                Log.info("\(controller.name): serving \(controller.unitList.count) LUN(s) on "
-                         + "\(controller.device.requestQueueCount) request queue(s) at \(controller.socketPath)")
+                controller.logServing()
             }
+            registry = ControllerRegistry(controllers)
             if let address = configuration.metricsListen {
-                let sources = controllers.map { controller in
-                    MetricsSource(controller: controller.name) { controller.device.statistics() }
+                // Asked at each scrape: a controller added at runtime is scraped from then on.
+                exporter = try PrometheusExporter.start(host: address.host, port: address.port) { [registry] in
+                    registry.all.map { controller in
+                        MetricsSource(controller: controller.name) { controller.device.statistics() }
+                    }
                 }
-                exporter = try PrometheusExporter.start(host: address.host, port: address.port, sources: sources)
             }
             if let path = configuration.controlSocket {
-                let commands = ControlCommands(controllers: controllers, login: login, configuration: configuration)
+                let commands = ControlCommands(registry: registry, login: login, configuration: configuration)
                 control = ControlServer(path: path) { commands.handle($0) }
                 try control?.start()
             }
@@ -66,11 +69,11 @@ enum Server {
         }
         Log.info("\(login.iscsi); target outages ridden out for \(configuration.targetTimeoutSeconds) s, "
                  + "keep-alive " + (configuration.keepaliveSeconds == 0 ? "off" : "every \(configuration.keepaliveSeconds) s"))
-        let reloader = ConfigurationReloader(arguments: arguments, running: configuration, controllers: controllers,
+        let reloader = ConfigurationReloader(arguments: arguments, running: configuration, registry: registry,
                                              login: login)
-        installSignalHandlers(controllers: controllers, control: control, reloader: reloader)
+        installSignalHandlers(registry: registry, control: control, reloader: reloader)
         // After the handlers: a systemd unit of Type=notify is "active" from here on.
-        ServiceNotify.ready(status: status(of: controllers))
+        ServiceNotify.ready(status: status(of: registry.all))
         dispatchMain()
     }
 
@@ -101,7 +104,7 @@ enum Server {
         exit(status)
     }
 
-    private static func installSignalHandlers(controllers: [Controller], control: ControlServer?,
+    private static func installSignalHandlers(registry: ControllerRegistry, control: ControlServer?,
                                               reloader: ConfigurationReloader) {
         let queue = DispatchQueue(label: "signals")
         // SIGHUP only queues the reload: the signal queue stays free for SIGTERM. (SIGHUP is
@@ -117,7 +120,9 @@ enum Server {
                 ServiceNotify.stopping()
                 Log.info("signal \(sig): finishing in-flight I/O and shutting down")
                 control?.shutdown()
-                // Every controller at once: each waits for its own frontend's in-flight I/O.
+                // The controllers of this moment (one added meanwhile is shut down as its add
+                // ends), all at once: each waits for its own frontend's in-flight I/O.
+                let controllers = registry.close()
                 DispatchQueue.concurrentPerform(iterations: controllers.count) { controllers[$0].shutdown() }
                 // Closing a session does not wait for its logout; targets that answer get it now.
                 ISCSISession.waitForBackgroundLogouts(timeout: 6)
