@@ -6,10 +6,13 @@
 # Also checks the control socket's answers, `stats` and the Prometheus endpoint, that
 # `ctl config` writes a configuration the server accepts (and `--check` probes without
 # serving), and that SIGHUP applies a changed configuration file's LUNs without a restart (the
-# guest sees the added disk) and survives a broken one.
+# guest sees the added disk) and survives a broken one. Controllers come and go at runtime too:
+# `ctl add-controller` / `remove-controller` (refused while a frontend is connected, unless
+# --force) and a reload that adds and removes one; vhost-user-scsi-bench is their frontend.
 #
 # Usage: Scripts/hotplug-test.sh BIN_DIR [WORKDIR]
-#   BIN_DIR holds vhost-user-scsi and vhost-user-scsi-ctl (e.g. swift build -c release --show-bin-path)
+#   BIN_DIR holds vhost-user-scsi, vhost-user-scsi-ctl and vhost-user-scsi-bench
+#   (e.g. swift build -c release --show-bin-path)
 # Prints "N passed, M failed" at the end; exits non-zero if anything failed.
 set -euo pipefail
 
@@ -28,6 +31,7 @@ passed=0
 failed=0
 server_pid=
 guest_pid=
+bench_pid=
 
 check() {  # check NAME CONDITION-RESULT DETAIL
     if [ "$2" = 0 ]; then
@@ -41,6 +45,7 @@ check() {  # check NAME CONDITION-RESULT DETAIL
 
 cleanup() {
     [ -n "$guest_pid" ] && kill "$guest_pid" 2>/dev/null && wait "$guest_pid" 2>/dev/null || true
+    [ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null && wait "$bench_pid" 2>/dev/null || true
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
     "$here/tgt.sh" stop "$work/tgt" "$ctlport" >/dev/null 2>&1 || true
 }
@@ -59,8 +64,10 @@ wait_for_line() {
 "$here/build-guest.sh" "$root/guest/out" >&2
 mkdir -p "$work/tgt"
 # LUN 3 is the one added at runtime; it grows from 32 to 48 MiB. LUN 4 is added to vm2 by
-# editing the configuration file and sending SIGHUP.
-"$here/tgt.sh" start "$work/tgt" "$port" "$ctlport" "$iqn" vm1.img:64 vm2.img:32 extra.img:32 reload.img:16 >&2
+# editing the configuration file and sending SIGHUP. LUN 5 is controller vm3's (added with
+# ctl add-controller), LUN 6 controller vm4's (added by a reload).
+"$here/tgt.sh" start "$work/tgt" "$port" "$ctlport" "$iqn" vm1.img:64 vm2.img:32 extra.img:32 reload.img:16 \
+    vm3.img:32 vm4.img:16 >&2
 
 cat >"$work/config.json" <<JSON
 {
@@ -176,6 +183,125 @@ sys.exit(0 if [(l["address"], l["url"]) for l in r["controllers"][0]["luns"]] ==
         "$work/ctl.out" "$(url 2)" "$(url 4)"; echo $?)" "$(cat "$work/ctl.out")"
 }
 
+# is_connected NAME: whether `ctl list` says a frontend is connected to controller NAME.
+is_connected() {
+    ctl --json list "$1" 2>/dev/null | python3 -c '
+import json, sys
+sys.exit(0 if json.load(sys.stdin)["controllers"][0]["connected"] else 1)'
+}
+
+# wait_connected NAME: until a frontend is connected to NAME (30 s).
+wait_connected() {
+    local i
+    for i in $(seq 300); do is_connected "$1" && return 0; sleep 0.1; done
+    return 1
+}
+
+# The load generator as the frontend, writing and verifying: "${bench[@]}" --socket S --runtime N.
+# Called directly (not through a function) when in the background, so $! is its pid.
+bench=("$bin/vhost-user-scsi-bench" --queues 2 --iodepth 8 --bs 4k --rw randwrite --ramp 0 --verify)
+
+# list_names: the controllers `ctl list` shows, space-separated.
+list_names() {
+    ctl --json list | python3 -c '
+import json, sys
+print(" ".join(c["name"] for c in json.load(sys.stdin)["controllers"]))'
+}
+
+# A controller for a new VM without a restart: added, served (real I/O through the load
+# generator), scraped, refused removal while its frontend is connected, removed with --force.
+controller_at_runtime() {
+    local rc
+    ctl add-controller vm3 "$work/vm3.sock" --num-queues 2 --lun "$(url 5)" >"$work/ctl.out" 2>&1; rc=$?
+    check ctl_add_controller "$([ $rc = 0 ] && [ -S "$work/vm3.sock" ]; echo $?)" "exit $rc: $(cat "$work/ctl.out")"
+    ctl --json list >"$work/ctl.out" 2>&1
+    check list_shows_added_controller "$(python3 -c '
+import json, sys
+c = {c["name"]: c for c in json.load(open(sys.argv[1]))["controllers"]}
+vm3 = c.get("vm3", {})
+ok = (list(c) == ["vm1", "vm2", "vm3"] and vm3["request_queues"] == 2 and vm3["socket"] == sys.argv[2]
+      and [(l["address"], l["url"]) for l in vm3["luns"]] == [("0:0", sys.argv[3])])
+sys.exit(0 if ok else 1)' "$work/ctl.out" "$work/vm3.sock" "$(url 5)"; echo $?)" "$(cat "$work/ctl.out")"
+    ctl add-controller vm3 "$work/vm3b.sock" >"$work/ctl.out" 2>&1; rc=$?
+    check ctl_add_controller_taken_name "$([ $rc = 1 ] && grep -q "a controller named 'vm3' is served already" "$work/ctl.out"; echo $?)" \
+        "exit $rc: $(cat "$work/ctl.out")"
+    ctl add-controller vm5 "$work/vm5.sock" --lun "iscsi://127.0.0.1:$port/$iqn/9" >"$work/ctl.out" 2>&1; rc=$?
+    check ctl_add_controller_bad_lun "$([ $rc = 1 ] && ! [ -e "$work/vm5.sock" ] && [ "$(list_names)" = "vm1 vm2 vm3" ]; echo $?)" \
+        "exit $rc: $(cat "$work/ctl.out")"
+
+    "${bench[@]}" --socket "$work/vm3.sock" --runtime 2 >"$work/bench.out" 2>&1; rc=$?
+    check added_controller_serves_io "$rc" "$(tail -n 3 "$work/bench.out" | tr '\n' '|')"
+    python3 - "$metrics_port" >"$work/metrics.out" 2>&1 <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+writes = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+             if l.startswith("vhost_user_scsi_requests_total{") and 'controller="vm3"' in l and 'kind="write"' in l)
+print("vm3 writes:", writes)
+sys.exit(0 if writes > 0 else 1)
+PY
+    check metrics_added_controller "$?" "$(cat "$work/metrics.out")"
+
+    "${bench[@]}" --socket "$work/vm3.sock" --runtime 60 >"$work/bench.out" 2>&1 &
+    bench_pid=$!
+    wait_connected vm3
+    check bench_connected "$?"
+    ctl remove-controller vm3 >"$work/ctl.out" 2>&1; rc=$?
+    check remove_connected_refused "$([ $rc = 1 ] &&
+        grep -q 'controller vm3 has a VM connected; stop the VM first, or force' "$work/ctl.out" && [ -S "$work/vm3.sock" ]; echo $?)" \
+        "exit $rc: $(cat "$work/ctl.out")"
+    ctl remove-controller vm3 --force >"$work/ctl.out" 2>&1; rc=$?
+    check remove_forced "$rc" "$(cat "$work/ctl.out")"
+    # The bench sees the connection end and exits (with its failure: the backend went away).
+    for _ in $(seq 100); do kill -0 "$bench_pid" 2>/dev/null || break; sleep 0.1; done
+    rc=0
+    kill -0 "$bench_pid" 2>/dev/null && { rc=1; kill "$bench_pid"; }
+    wait "$bench_pid"
+    bench_pid=
+    check forced_remove_ends_frontend "$rc" "$(tail -n 2 "$work/bench.out" | tr '\n' '|')"
+    check removed_socket_gone "$([ ! -e "$work/vm3.sock" ]; echo $?)"
+    check list_omits_removed_controller "$([ "$(list_names)" = "vm1 vm2" ]; echo $?)" "$(list_names)"
+}
+
+# edit_config PYTHON: runs PYTHON with `c` the configuration file's JSON, then writes it back.
+edit_config() {
+    python3 - "$work/config.json" "$1" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+exec(sys.argv[2])
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
+}
+
+# A reload adds a controller the file gained (I/O through it), keeps one the file lost while a
+# frontend is connected, and removes it once none is. The file has keepalive 7 by now: one
+# setting not applied in every summary.
+controllers_by_reload() {
+    local rc
+    edit_config "c['controllers'].append({'name': 'vm4', 'socket': '$work/vm4.sock', 'num_queues': 2, 'luns': ['$(url 6)']})"
+    reload_and_wait reload_adds_controller \
+        "reload: 1 controller added, 0 controllers removed, 0 added, 0 removed, 3 unchanged, 1 not applied"
+    check reload_list_shows_controller "$([ "$(list_names)" = "vm1 vm2 vm4" ]; echo $?)" "$(list_names)"
+    "${bench[@]}" --socket "$work/vm4.sock" --runtime 2 >"$work/bench.out" 2>&1; rc=$?
+    check reload_added_controller_serves_io "$rc" "$(tail -n 3 "$work/bench.out" | tr '\n' '|')"
+
+    "${bench[@]}" --socket "$work/vm4.sock" --runtime 60 >"$work/bench.out" 2>&1 &
+    bench_pid=$!
+    wait_connected vm4
+    check bench_connected_vm4 "$?"
+    edit_config "c['controllers'] = [x for x in c['controllers'] if x['name'] != 'vm4']"
+    reload_and_wait reload_keeps_connected_controller "reload: 0 added, 0 removed, 3 unchanged, 2 not applied"
+    grep -q "controller vm4: removed from the file but a VM is connected; not removed" "$work/server.log"
+    check reload_connected_warning "$?"
+    check reload_connected_still_served "$(is_connected vm4; echo $?)"
+    kill "$bench_pid" 2>/dev/null
+    wait "$bench_pid" 2>/dev/null
+    bench_pid=
+    for _ in $(seq 100); do is_connected vm4 || break; sleep 0.1; done
+    reload_and_wait reload_removes_controller \
+        "reload: 0 controllers added, 1 controller removed, 0 added, 0 removed, 3 unchanged, 1 not applied"
+    check reload_removed_socket_gone "$([ ! -e "$work/vm4.sock" ] && [ "$(list_names)" = "vm1 vm2" ]; echo $?)" "$(list_names)"
+}
+
 set +e
 listed=$(ctl --json list)
 check list_two_controllers "$(echo "$listed" | python3 -c '
@@ -250,6 +376,8 @@ c = json.load(open(sys.argv[1]))["controllers"][0]
 sys.exit(0 if c["name"] == "vm1" and c["totals"]["requests"]["read"] > 0 and c["totals"]["bytes_written"] > 0 else 1)' "$work/stats.json"; echo $?)" \
     "$(ctl stats vm1 | head -1)"
 
+controller_at_runtime
+
 # A global setting is only applied by a restart: named, not applied.
 python3 - "$work/config.json" <<'PY'
 import json, sys
@@ -260,6 +388,7 @@ PY
 reload_and_wait reload_names_restart_setting "reload: 0 added, 0 removed, 3 unchanged, 1 not applied"
 grep -q "reload: keepalive changed: takes effect at restart" "$work/server.log"
 check reload_restart_warning "$?"
+controllers_by_reload
 # A broken file: one error line, nothing changes, the server keeps serving.
 echo '{ "controllers": [ broken' >"$work/config.json"
 reload_and_wait reload_broken_file_logged "reload: .*config.json.*nothing changed"
@@ -272,7 +401,8 @@ server_pid=
 set -e
 check sigterm_exit_0 "$([ $rc = 0 ] && grep -q 'shut down cleanly' "$work/server.log"; echo $?)" "exit $rc"
 check no_crash_in_log "$(! grep -qiE 'fatal error|stack trace|SIGSEGV|precondition' "$work/server.log"; echo $?)"
-check sockets_removed "$([ ! -e "$work/vm1.sock" ] && [ ! -e "$work/vm2.sock" ] && [ ! -e "$work/control.sock" ]; echo $?)"
+check sockets_removed "$([ ! -e "$work/vm1.sock" ] && [ ! -e "$work/vm2.sock" ] && [ ! -e "$work/control.sock" ] &&
+    [ ! -e "$work/vm3.sock" ] && [ ! -e "$work/vm4.sock" ]; echo $?)"
 
 echo "hotplug: server log: $work/server.log"
 echo "$passed passed, $failed failed"

@@ -1,5 +1,6 @@
 import Dispatch
 import ServerLog
+import ServiceNotify
 import Synchronization
 
 /// The controllers the process serves now. Read by everything that names them (the control
@@ -71,6 +72,7 @@ final class ControllerRegistry: Sendable {
                 throw ControllerError(description: "the server is shutting down")
             }
             controller.logServing()
+            ServiceNotify.status(Server.status(of: registry.all))
             return controller
         }
 
@@ -91,6 +93,7 @@ final class ControllerRegistry: Sendable {
             registry.state.withLock { $0.controllers.removeAll { $0 === controller } }
             controller.shutdown()
             Log.info("\(name): removed" + (connected ? " (forced: its VM was disconnected)" : ""))
+            ServiceNotify.status(Server.status(of: registry.all))
             return controller
         }
     }
