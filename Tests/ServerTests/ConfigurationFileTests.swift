@@ -11,7 +11,7 @@ func temporaryFile(_ text: String) -> String {
     precondition(fd >= 0)
     _ = text.withCString { write(fd, $0, strlen($0)) }
     close(fd)
-    return String(cString: template)
+    return template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
 }
 
 private func load(_ text: String, _ extra: [String] = []) throws -> ServerConfiguration {
