@@ -95,6 +95,10 @@ kill -CONT "$tgtd_pid"
 check sighup_during_startup_ignored "$alive" "$(tail -n 2 "$work/server.log" | tr '\n' '|')"
 for _ in $(seq 100); do [ -S "$work/control.sock" ] && break; sleep 0.1; done
 [ -S "$work/control.sock" ] || { cat "$work/server.log"; echo "hotplug: server did not start"; exit 1; }
+# At start, one line per LUN: the probes' own login and logout lines are at debug level.
+startup=$(sed -n '1,/ serving /p' "$work/server.log")
+check startup_one_line_per_lun "$([ "$(grep -c ': guest 0:0 = ' <<<"$startup")" = 2 ] &&
+    ! grep -qE 'iscsi: (logged in|closed session)' <<<"$startup"; echo $?)" "$(tr '\n' '|' <<<"$startup" | head -c 600)"
 
 # `ctl config` (the running configuration in the file's format) has the LUN added at runtime,
 # no secret, and is a configuration the server itself accepts: a second server started from it

@@ -75,6 +75,8 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
 
     /// How outages are detected and ridden out.
     public let recovery: ISCSIRecoveryPolicy
+    /// The level of the "logged in" and "closed session" lines (the initializer's argument).
+    let lifecycleLogLevel: LogLevel
     /// Logged in on `context`. False during an outage and before the first login of a session
     /// made by `loggingInInBackground`, when `context` is nil or an attempt's context that is
     /// not logged in yet.
@@ -136,16 +138,20 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     ///
     /// `poller`, if given, must serve `queue`: the socket is then watched by its thread
     /// (no libdispatch wake-ups per event) instead of by Dispatch sources.
+    ///
+    /// `lifecycleLogLevel`: the level of the "logged in" and "closed session" lines; a short
+    /// check of a LUN (the server's startup probe) passes `.debug`, so that a server with many
+    /// LUNs logs one line per LUN at start, not three.
     public convenience init(url: ISCSIURL, login settings: ISCSILoginSettings, queue: DispatchQueue,
                             maxOutstanding: Int = 256, isid: ISCSIISID? = nil,
                             loginTimeout: Int = 15, recovery: ISCSIRecoveryPolicy = .default,
-                            poller: FDPoller? = nil) throws(ISCSIError) {
+                            poller: FDPoller? = nil, lifecycleLogLevel: LogLevel = .info) throws(ISCSIError) {
         Self.checkArguments(queue: queue, maxOutstanding: maxOutstanding, poller: poller)
         let isid = isid ?? ISCSIISID.next()
         let login = try settings.resolved(for: url)
         let context = try Self.connect(url: url, login: login, isid: isid, loginTimeout: loginTimeout)
         self.init(url: url, settings: settings, login: login, queue: queue, maxOutstanding: maxOutstanding,
-                  isid: isid, recovery: recovery, poller: poller, loggedIn: context)
+                  isid: isid, recovery: recovery, poller: poller, loggedIn: context, lifecycleLogLevel: lifecycleLogLevel)
     }
 
     /// A session that returns at once, before any connection, and logs in in the background
@@ -182,8 +188,9 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
     /// `loggedIn`: the context of a synchronous login, or nil to log in in the background.
     private init(url: ISCSIURL, settings: ISCSILoginSettings, login: ResolvedLogin, queue: DispatchQueue,
                  maxOutstanding: Int, isid: ISCSIISID, recovery: ISCSIRecoveryPolicy, poller: FDPoller?,
-                 loggedIn context: OpaquePointer?) {
+                 loggedIn context: OpaquePointer?, lifecycleLogLevel: LogLevel = .info) {
         self.url = url
+        self.lifecycleLogLevel = lifecycleLogLevel
         self.initiatorName = settings.initiatorName
         self.loginSettings = settings
         self.login = login
@@ -205,7 +212,7 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         }
         queue.setSpecific(key: onQueueKey, value: 1)
         if context != nil {
-            Log.info("iscsi: logged in to \(url) \(login.summary) isid \(isid)")
+            Log.log(lifecycleLogLevel, "iscsi: logged in to \(url) \(login.summary) isid \(isid)")
             // A poller's registrations are made on its queue (Dispatch sources can be made anywhere).
             if poller != nil { onQueue { startEvents() } } else { startEvents() }
         } else {
@@ -273,7 +280,7 @@ public final class ISCSISession: SCSITargetSession, @unchecked Sendable {
         for task in orphanedTasks { scsi_free_scsi_task(task) }
         orphanedTasks.removeAll()
         answerPendingTaskManagement(.failed)
-        Log.info("iscsi: closed session to \(url)")
+        Log.log(lifecycleLogLevel, "iscsi: closed session to \(url)")
     }
 
     /// Answers every task management function still waiting for the target.

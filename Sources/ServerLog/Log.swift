@@ -40,6 +40,13 @@ public enum Log {
         level.rawValue >= threshold.load(ordering: .relaxed)
     }
 
+    /// At a level chosen at run time (e.g. a session's lifecycle lines, quieter for a probe).
+    public static func log(_ level: LogLevel, _ message: @autoclosure () -> String,
+                           metadata: @autoclosure () -> LogMetadata? = nil,
+                           file: String = #fileID, function: String = #function, line: UInt = #line) {
+        emit(level, message, metadata, file: file, function: function, line: line)
+    }
+
     public static func trace(_ message: @autoclosure () -> String, metadata: @autoclosure () -> LogMetadata? = nil,
                              file: String = #fileID, function: String = #function, line: UInt = #line) {
         emit(.trace, message, metadata, file: file, function: function, line: line)

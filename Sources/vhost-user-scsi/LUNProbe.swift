@@ -21,8 +21,9 @@ struct LUNProbe {
         let queue = DispatchQueue(label: "probe")
         return try queue.sync {
             // A synchronous login: an unreachable target or a refused login is an error here.
+            // Its login and logout lines at debug: the caller logs one line with what it found.
             let session = try ISCSISession(url: url, login: login.iscsi, queue: queue, maxOutstanding: 1,
-                                           recovery: login.recovery)
+                                           recovery: login.recovery, lifecycleLogLevel: .debug)
             defer { session.close() }
             let inquiry = try session.inquiry()
             guard inquiry.peripheralType & 0xE0 == 0 else {
