@@ -63,6 +63,16 @@ public enum ServiceNotify {
         atexit { ServiceNotify.stoppingAtExit() }
     }
 
+    /// `RELOADING=1` as a configuration reload begins, with the `MONOTONIC_USEC=` that
+    /// systemd's Type=notify-reload requires beside it (sd_notify(3)); `ready(status:)` ends
+    /// the reload.
+    public static func reloading(status text: String) {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let microseconds = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+        send(["RELOADING=1", "MONOTONIC_USEC=\(microseconds)", statusAssignment(text)])
+    }
+
     /// A new `STATUS=` line (shown by `systemctl status`).
     public static func status(_ text: String) {
         send([statusAssignment(text)])

@@ -1,5 +1,4 @@
 import Dispatch
-import Glibc
 import ServerLog
 import ServiceNotify
 
@@ -61,8 +60,7 @@ final class ConfigurationReloader: Sendable {
             return
         }
         Log.info("SIGHUP: reloading \(running.configurationFiles.joined(separator: ", "))")
-        ServiceNotify.send(["RELOADING=1", "MONOTONIC_USEC=\(Self.monotonicMicroseconds())",
-                            "STATUS=reloading the configuration"])
+        ServiceNotify.reloading(status: "reloading the configuration")
         defer { ServiceNotify.ready(status: Server.status(of: registry.all)) }
         let wanted: ServerConfiguration
         do {
@@ -104,9 +102,9 @@ final class ConfigurationReloader: Sendable {
                 Log.error("reload: cannot remove controller \(name): \(error)")
             }
         }
-        for (_, listed) in diff.kept {
+        for (served, listed) in diff.kept {
             guard let controller = changes.controllers.first(where: { $0.name == listed.name }) else { continue }
-            apply(LUNChanges(current: controller.configuration.luns, wanted: listed.luns), to: controller, &outcome)
+            apply(LUNChanges(current: served.luns, wanted: listed.luns), to: controller, &outcome)
         }
         for listed in diff.additions {
             do {
@@ -166,13 +164,6 @@ final class ConfigurationReloader: Sendable {
             }
         }
         return changes
-    }
-
-    /// CLOCK_MONOTONIC in µs: systemd's Type=notify-reload wants it with RELOADING=1.
-    private static func monotonicMicroseconds() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
     }
 }
 

@@ -49,6 +49,24 @@ final class ServiceNotifyTests: XCTestCase {
         XCTAssertEqual(receiver.receive(), "STATUS=two lines")
     }
 
+    /// reloading() sends RELOADING=1 with CLOCK_MONOTONIC in µs, as Type=notify-reload wants.
+    func testReloadingCarriesTheMonotonicTime() throws {
+        let receiver = try DatagramReceiver(abstract: false)
+        setenv("NOTIFY_SOCKET", receiver.notifySocket, 1)
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let before = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+        ServiceNotify.reloading(status: "reloading")
+        let lines = try XCTUnwrap(receiver.receive()).split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 3, "\(lines)")
+        XCTAssertEqual(lines.first, "RELOADING=1")
+        XCTAssertEqual(lines.last, "STATUS=reloading")
+        let stamp = try XCTUnwrap(UInt64(lines[1].dropFirst("MONOTONIC_USEC=".count)), lines[1])
+        XCTAssertTrue(lines[1].hasPrefix("MONOTONIC_USEC="))
+        XCTAssertGreaterThanOrEqual(stamp, before)
+        XCTAssertLessThan(stamp - before, 5_000_000, "CLOCK_MONOTONIC, in microseconds")
+    }
+
     func testWithoutNotifySocketNothingIsSent() {
         unsetenv("NOTIFY_SOCKET")
         XCTAssertFalse(ServiceNotify.send(["READY=1"]))
