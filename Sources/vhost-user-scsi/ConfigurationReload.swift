@@ -108,9 +108,7 @@ final class ConfigurationReloader: Sendable {
         }
         for listed in diff.additions {
             do {
-                try listed.checkAddition(served: changes.controllers.map(\.configuration),
-                                         controlSocket: running.controlSocket, login: login.iscsi)
-                let controller = try changes.add(listed, login: login, drainTimeoutSeconds: running.drainTimeoutSeconds)
+                let controller = try changes.add(listed, running: running, login: login)
                 outcome.controllersAdded += 1
                 Log.info("reload: controller \(controller.name) added with \(controller.unitList.count) LUN(s) at "
                          + controller.socketPath)

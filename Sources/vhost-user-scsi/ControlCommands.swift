@@ -33,9 +33,7 @@ struct ControlCommands: Sendable {
                 do { response = ["config": try running.fileJSON()] } catch { throw ControlError(error.description) }
             case "add-controller":
                 let controller = try addController(request)
-                response = ["controller": describe(controller),
-                            "message": .string("\(controller.name): serving \(controller.unitList.count) LUN(s) on "
-                                               + "\(controller.device.requestQueueCount) request queue(s) at \(controller.socketPath)")]
+                response = ["controller": describe(controller), "message": .string(controller.servingSummary)]
             case "remove-controller":
                 guard let name = request["name"]?.stringValue else { throw ControlError("\"name\" (a controller) is required") }
                 let force: Bool
@@ -91,13 +89,7 @@ struct ControlCommands: Sendable {
         do { configuration = try ControllerConfiguration.addition(request: request) } catch {
             throw ControlError(error.description)
         }
-        return try registry.change { changes in
-            do {
-                try configuration.checkAddition(served: changes.controllers.map(\.configuration),
-                                                controlSocket: self.configuration.controlSocket, login: login.iscsi)
-            } catch { throw ControlError("\(error)") }
-            return try changes.add(configuration, login: login, drainTimeoutSeconds: self.configuration.drainTimeoutSeconds)
-        }
+        return try registry.change { try $0.add(configuration, running: self.configuration, login: login) }
     }
 
     // MARK: - Arguments

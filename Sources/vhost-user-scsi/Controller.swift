@@ -52,8 +52,10 @@ final class Controller: Sendable {
     func start() throws { try server.start() }
 
     /// The line that says a controller is up (at start and when one is added at runtime).
-    func logServing() {
-        Log.info("\(name): serving \(unitList.count) LUN(s) on \(device.requestQueueCount) request queue(s) at \(socketPath)")
+    /// "vm1: serving 2 LUN(s) on 4 request queue(s) at PATH": the log line once it listens, and
+    /// add-controller's answer.
+    var servingSummary: String {
+        "\(name): serving \(unitList.count) LUN(s) on \(device.requestQueueCount) request queue(s) at \(socketPath)"
     }
 
     /// Stops serving: the frontend connection ends after its in-flight I/O, sessions log out.

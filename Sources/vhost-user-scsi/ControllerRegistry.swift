@@ -53,11 +53,14 @@ final class ControllerRegistry: Sendable {
 
         var controllers: [Controller] { registry.all }
 
-        /// Probes every LUN (`Controller.init`), listens on the socket and serves. The caller
-        /// has checked `configuration` against the controllers served (`checkAddition`).
-        func add(_ configuration: ControllerConfiguration, login: LoginSettings,
-                 drainTimeoutSeconds: Int) throws -> Controller {
-            let controller = try Controller(configuration, login: login, drainTimeoutSeconds: drainTimeoutSeconds)
+        /// Checks `configuration` against the controllers served (`checkAddition`), probes
+        /// every LUN (`Controller.init`), listens on the socket and serves. `running` gives the
+        /// control socket's path and the drain timeout.
+        func add(_ configuration: ControllerConfiguration, running: ServerConfiguration,
+                 login: LoginSettings) throws -> Controller {
+            try configuration.checkAddition(served: controllers.map(\.configuration),
+                                            controlSocket: running.controlSocket, login: login.iscsi)
+            let controller = try Controller(configuration, login: login, drainTimeoutSeconds: running.drainTimeoutSeconds)
             do { try controller.start() } catch {
                 controller.shutdown()
                 throw error
@@ -71,7 +74,7 @@ final class ControllerRegistry: Sendable {
                 controller.shutdown()
                 throw ControllerError(description: "the server is shutting down")
             }
-            controller.logServing()
+            Log.info(controller.servingSummary)
             ServiceNotify.status(Server.status(of: registry.all))
             return controller
         }

@@ -45,7 +45,7 @@ enum Server {
             }
             for controller in controllers {
                 try controller.start()
-                controller.logServing()
+                Log.info(controller.servingSummary)
             }
             registry = ControllerRegistry(controllers)
             if let address = configuration.metricsListen {
