@@ -24,11 +24,6 @@ enum HostLookup {
         return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
     }
 
-    /// `address:port` as libiscsi expects a portal: an IPv6 address in brackets.
-    static func portal(address: String, port: Int) -> String {
-        address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
-    }
-
     /// getaddrinfo(3): the first address of `host` in numeric form, or the resolver's reason.
     /// Blocks for as long as the resolver takes (with an unreachable DNS server, its timeout
     /// times its attempts times the servers in resolv.conf: 5 × 2 × n s by default).

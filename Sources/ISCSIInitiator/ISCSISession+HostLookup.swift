@@ -87,7 +87,7 @@ extension ISCSISession {
         case .success(let address):
             Log.debug("iscsi: \(url.host) is \(address) (attempt \(attempt.number) to \(url))")
             attempt.deadline = Self.monotonicNow() + recovery.loginTimeout
-            connectAttempt(attempt, portal: HostLookup.portal(address: address, port: url.port))
+            connectAttempt(attempt, portal: ISCSIURL.portal(host: address, port: url.port))
         }
     }
 }

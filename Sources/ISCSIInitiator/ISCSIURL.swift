@@ -36,9 +36,11 @@ public struct ISCSIURL: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// `HOST:PORT` as libiscsi expects it (`[v6]:PORT` for IPv6).
-    public var portal: String {
-        let h = host.contains(":") ? "[\(host)]" : host
-        return "\(h):\(port)"
+    public var portal: String { Self.portal(host: host, port: port) }
+
+    /// The same for another host, e.g. the address a lookup found for this URL's name.
+    static func portal(host: String, port: Int) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
     /// The URL without its password (the user name stays: it helps to debug a CHAP failure).

@@ -109,8 +109,8 @@ extension ISCSIOutageTests {
         for name in ["localhost", "storage.example", "10.1.2", "1.2.3.4.5", "", "[::1]"] {
             XCTAssertFalse(HostLookup.isNumericAddress(name), name)
         }
-        XCTAssertEqual(HostLookup.portal(address: "10.1.2.3", port: 3260), "10.1.2.3:3260")
-        XCTAssertEqual(HostLookup.portal(address: "2001:db8::5", port: 3261), "[2001:db8::5]:3261")
+        XCTAssertEqual(ISCSIURL.portal(host: "10.1.2.3", port: 3260), "10.1.2.3:3260")
+        XCTAssertEqual(ISCSIURL.portal(host: "2001:db8::5", port: 3261), "[2001:db8::5]:3261")
     }
 
     func testGetaddrinfoAnswersNumericallyForLocalhost() throws {
