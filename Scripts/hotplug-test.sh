@@ -160,6 +160,16 @@ sys.exit(0 if luns == [["0:0", "0:1"], ["0:0"]] else 1)' "$work/check-list.json"
     check config_server_stops "$([ $rc = 0 ]; echo $?)" "exit $rc"
 }
 
+# edit_config PYTHON: runs PYTHON with `c` the configuration file's JSON, then writes it back.
+edit_config() {
+    python3 - "$work/config.json" "$1" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+exec(sys.argv[2])
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
+}
+
 # reload_and_wait NAME PATTERN: SIGHUP the server and wait for PATTERN in its log.
 reload_and_wait() {
     kill -HUP "$server_pid"
@@ -170,12 +180,7 @@ reload_and_wait() {
 # SIGHUP while the guest runs: vm2 gets LUN 4 at 0:1 from the file; nothing else changed.
 # The guest (vus.hotplug_reload=1) must see the disk and do I/O on it.
 reload_adds_lun() {
-    python3 - "$work/config.json" "$(url 4)" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["controllers"][1]["luns"].append({"address": "0:1", "url": sys.argv[2]})
-json.dump(c, open(sys.argv[1], "w"), indent=2)
-PY
+    edit_config "c['controllers'][1]['luns'].append({'address': '0:1', 'url': '$(url 4)'})"
     reload_and_wait reload_adds_lun "reload: 1 added, 0 removed, 2 unchanged, 0 not applied"
     grep -qE "reload: vm2: added 0:1 = $(url 4); guest delivered" "$work/server.log"
     check reload_tells_guest "$?" "$(grep 'reload: vm2: added' "$work/server.log")"
@@ -264,16 +269,6 @@ PY
     check forced_remove_ends_frontend "$rc" "$(tail -n 2 "$work/bench.out" | tr '\n' '|')"
     check removed_socket_gone "$([ ! -e "$work/vm3.sock" ]; echo $?)"
     check list_omits_removed_controller "$([ "$(list_names)" = "vm1 vm2" ]; echo $?)" "$(list_names)"
-}
-
-# edit_config PYTHON: runs PYTHON with `c` the configuration file's JSON, then writes it back.
-edit_config() {
-    python3 - "$work/config.json" "$1" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-exec(sys.argv[2])
-json.dump(c, open(sys.argv[1], "w"), indent=2)
-PY
 }
 
 # A reload adds a controller the file gained (I/O through it), keeps one the file lost while a
@@ -383,12 +378,7 @@ sys.exit(0 if c["name"] == "vm1" and c["totals"]["requests"]["read"] > 0 and c["
 controller_at_runtime
 
 # A global setting is only applied by a restart: named, not applied.
-python3 - "$work/config.json" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["keepalive"] = 7
-json.dump(c, open(sys.argv[1], "w"), indent=2)
-PY
+edit_config "c['keepalive'] = 7"
 reload_and_wait reload_names_restart_setting "reload: 0 added, 0 removed, 3 unchanged, 1 not applied"
 grep -q "reload: keepalive changed: takes effect at restart" "$work/server.log"
 check reload_restart_warning "$?"
