@@ -158,16 +158,23 @@ private func waitUntil(_ condition: () -> Bool, timeout: Double = 5) -> Bool {
         #expect(FDPoller.attached(to: queue) == nil)
     }
 
+    /// Counted per poller, not as the process's open fds: other suites run in parallel and
+    /// hold fds of their own for seconds (a process-wide count made this test fail in CI).
+    /// The thread is found by its name; its loop closes the epoll fd, the wake eventfd and the
+    /// duplicates before the thread exits, so a thread gone means those are closed; the
+    /// duplicate of the pipe is also counted directly.
     @Test func releasingThePollerEndsItsThreadAndClosesItsFDs() throws {
         let queue = DispatchQueue(label: "poller-test")
         let pipe = Pipe()
-        let before = openFDCount()
+        let name = "fdp-release"
+        #expect(openFDs(sameFileAs: pipe.read) == 2)  // the pipe's two ends
         do {
-            let poller = FDPoller(queue: queue, name: "test")
+            let poller = FDPoller(queue: queue, name: name)
             _ = try queue.sync { try poller.register(fd: pipe.read, events: .readable) { _, _ in } }
-            #expect(openFDCount() == before + 3)  // epoll, wake eventfd, duplicate
+            #expect(waitUntil { threads(named: name) == 1 })  // it names itself once running
+            #expect(openFDs(sameFileAs: pipe.read) == 3)  // and the poller's duplicate
         }
-        #expect(waitUntil { openFDCount() == before })
+        #expect(waitUntil { threads(named: name) == 0 && openFDs(sameFileAs: pipe.read) == 2 })
     }
 
     /// An owner released on another thread unregisters through the queue instead of trapping.
@@ -192,10 +199,40 @@ private func waitUntil(_ condition: () -> Bool, timeout: Double = 5) -> Bool {
     }
 }
 
-private func openFDCount() -> Int {
-    guard let dir = opendir("/proc/self/fd") else { return -1 }
+/// The names in a /proc directory of this process (fds, tasks), without "." and "..".
+private func procEntries(_ path: String) -> [String] {
+    guard let dir = opendir(path) else { return [] }
     defer { closedir(dir) }
-    var count = 0
-    while readdir(dir) != nil { count += 1 }
-    return count
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}
+
+/// What /proc/self/fd/N (or another /proc link) points at, e.g. "pipe:[1234]".
+private func procLink(_ path: String) -> String? {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    let n = buffer.withUnsafeMutableBytes { readlink(path, $0.baseAddress!.assumingMemoryBound(to: CChar.self), 255) }
+    return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : nil
+}
+
+/// The open fds of this process that refer to the same file as `fd`.
+private func openFDs(sameFileAs fd: Int32) -> Int {
+    guard let target = procLink("/proc/self/fd/\(fd)") else { return -1 }
+    return procEntries("/proc/self/fd").filter { procLink("/proc/self/fd/\($0)") == target }.count
+}
+
+/// The threads of this process named `name` (its first 15 bytes, as the kernel keeps it).
+private func threads(named name: String) -> Int {
+    procEntries("/proc/self/task").filter { tid in
+        let fd = open("/proc/self/task/\(tid)/comm", O_RDONLY)
+        guard fd >= 0 else { return false }   // the thread has just ended
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, 32) }
+        // comm ends in a newline.
+        return n > 0 && String(decoding: buffer[0..<n].prefix { $0 != 0x0A }, as: UTF8.self) == String(name.prefix(15))
+    }.count
 }
